@@ -1,0 +1,74 @@
+//! The config file's surface: what operators write, as serde sees it. Nothing here is
+//! validated beyond its YAML type; `super::Config::from_file` turns it into runtime values.
+
+use std::collections::BTreeMap;
+
+use pingora::server::configuration::ServerConf;
+use serde::Deserialize;
+
+/// The whole file. Unknown keys are reported by `super::load` (including under `pingora:`,
+/// whose own type would silently ignore them).
+#[derive(Debug, Default, Deserialize)]
+pub struct FileConfig {
+    /// Pingora's own settings: threads, pid_file, upgrade_sock, grace periods, ...
+    #[serde(default)]
+    pub pingora: ServerConf,
+    /// Plain HTTP listeners, `ip:port`.
+    pub listen: Option<Vec<String>>,
+    /// Builds the standard host routes `docker.<domain>`, `quay.<domain>`, ...
+    pub domain: Option<String>,
+    /// The route for a Host that matches nothing.
+    pub default_route: Option<String>,
+    /// Added or overridden routes, by name.
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteFile>,
+    /// Pinned addresses: host name -> `ip` or `ip:port`.
+    #[serde(default)]
+    pub resolve: BTreeMap<String, String>,
+    #[serde(default)]
+    pub redirects: RedirectsFile,
+    #[serde(default)]
+    pub upstream: UpstreamFile,
+    #[serde(default)]
+    pub cache: CacheFile,
+    /// `http` or `https`: the scheme clients use to reach the mirror, for auth realms
+    /// (needed behind a TLS-terminating load balancer).
+    pub public_scheme: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RouteFile {
+    pub upstream: Option<String>,
+    /// One host name that selects this route.
+    pub host: Option<String>,
+    /// More host names that select this route.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The registry name for `?ns=` and path prefixes (default: the upstream's host).
+    pub registry: Option<String>,
+    /// Docker Hub naming rules (`library/`); default true for registry `docker.io`.
+    pub docker_hub: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RedirectsFile {
+    pub follow: Option<Vec<String>>,
+    pub to_client: Option<Vec<String>>,
+    pub other: Option<String>,
+    pub max_hops: Option<u8>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct UpstreamFile {
+    pub connect_timeout: Option<String>,
+    pub read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub dns_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CacheFile {
+    pub dir: Option<String>,
+    pub max_size: Option<String>,
+    pub tag_ttl: Option<String>,
+}

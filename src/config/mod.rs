@@ -1,0 +1,462 @@
+//! Configuration: one YAML file, Pingora's `ServerConf` under `pingora:` and ours beside it.
+//!
+//! `load` reads the file into the surface types of `file`, refusing unknown keys by their
+//! path, and `Config::from_file` validates every value into the runtime `Config`. Every
+//! error names the key path and the bad value.
+
+pub mod file;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pingora::server::configuration::ServerConf;
+
+use crate::redirect::{HostPattern, RedirectAction, RedirectPolicy, DEFAULT_MAX_HOPS};
+use crate::routes::{Route, RouteTable, STANDARD_ROUTES};
+use crate::upstream::{Origin, Pin};
+use file::FileConfig;
+
+/// A config that cannot be used, with the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config error at {path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error("unknown config key {0} (check its spelling and indentation)")]
+    UnknownKey(String),
+}
+
+fn invalid(path: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        message: message.to_string(),
+    }
+}
+
+/// The scheme clients use to reach the mirror.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// Upstream connection settings.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    /// Longest wait for any single read from an upstream.
+    pub read_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub idle_timeout: Duration,
+    /// How long a resolved address is used.
+    pub dns_ttl: Duration,
+}
+
+/// Disk cache settings.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub dir: PathBuf,
+    pub max_size: u64,
+    pub tag_ttl: Duration,
+}
+
+/// The validated runtime configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConf,
+    pub listen: Vec<SocketAddr>,
+    pub routes: RouteTable,
+    pub resolve: HashMap<String, Pin>,
+    pub redirects: RedirectPolicy,
+    pub upstream: UpstreamConfig,
+    pub cache: CacheConfig,
+    pub public_scheme: Option<Scheme>,
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text)
+}
+
+/// Parses and validates config text.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let mut unknown = Vec::new();
+    let de = serde_yaml::Deserializer::from_str(text);
+    let mut note_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let ignoring = serde_ignored::Deserializer::new(de, &mut note_unknown);
+    let file: FileConfig = match serde_path_to_error::deserialize(ignoring) {
+        Ok(file) => file,
+        Err(e) => {
+            let path = e.path().to_string();
+            return Err(invalid(path, e.into_inner()));
+        }
+    };
+    if let Some(key) = unknown.into_iter().next() {
+        return Err(ConfigError::UnknownKey(key));
+    }
+    Config::from_file(file)
+}
+
+fn duration(
+    path: &str,
+    value: Option<&String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => humantime::parse_duration(v).map_err(|e| {
+            invalid(
+                path,
+                format!("{v:?} is not a duration like 30s or 10m: {e}"),
+            )
+        }),
+    }
+}
+
+fn size(path: &str, value: Option<&String>, default: u64) -> Result<u64, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| {
+                invalid(
+                    path,
+                    format!("{v:?} is not a size like 512MiB or 50GiB: {e}"),
+                )
+            }),
+    }
+}
+
+fn host_patterns(path: &str, list: &[String]) -> Result<Vec<HostPattern>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, p)| p.parse().map_err(|e| invalid(format!("{path}[{i}]"), e)))
+        .collect()
+}
+
+/// A host name as operators write it: lowercase, no port, no scheme (IPv6 literals allowed).
+fn host_name(path: &str, host: &str) -> Result<String, ConfigError> {
+    let lower = host.trim().trim_end_matches('.').to_ascii_lowercase();
+    let is_name = !lower.is_empty()
+        && lower
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if is_name || lower.parse::<std::net::Ipv6Addr>().is_ok() {
+        Ok(lower)
+    } else {
+        Err(invalid(
+            path,
+            format!("{host:?} is not a host name (no scheme, no port)"),
+        ))
+    }
+}
+
+impl Config {
+    /// Validates the surface config into runtime values.
+    pub fn from_file(file: FileConfig) -> Result<Config, ConfigError> {
+        let default_listen = vec!["0.0.0.0:8080".to_owned()];
+        let listen = file
+            .listen
+            .as_ref()
+            .unwrap_or(&default_listen)
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                a.parse::<SocketAddr>()
+                    .map_err(|_| invalid(format!("listen[{i}]"), format!("{a:?} is not ip:port")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if listen.is_empty() {
+            return Err(invalid("listen", "at least one listener is needed"));
+        }
+        let domain = match &file.domain {
+            Some(d) => Some(host_name("domain", d)?),
+            None => None,
+        };
+        let routes = build_routes(&file, domain.as_deref())?;
+
+        let resolve = file
+            .resolve
+            .iter()
+            .map(|(host, addr)| {
+                let path = format!("resolve.{host}");
+                let pin = addr
+                    .parse::<Pin>()
+                    .map_err(|_| invalid(&path, format!("{addr:?} is not an ip or ip:port")))?;
+                Ok((host_name(&path, host)?, pin))
+            })
+            .collect::<Result<HashMap<_, _>, ConfigError>>()?;
+
+        let r = &file.redirects;
+        let mut redirects = RedirectPolicy::default();
+        if let Some(list) = &r.follow {
+            redirects.follow = host_patterns("redirects.follow", list)?;
+        }
+        if let Some(list) = &r.to_client {
+            redirects.to_client = host_patterns("redirects.to_client", list)?;
+        }
+        if let Some(other) = &r.other {
+            redirects.other = match other.as_str() {
+                "follow" => RedirectAction::Follow,
+                "to_client" => RedirectAction::ToClient,
+                _ => {
+                    return Err(invalid(
+                        "redirects.other",
+                        format!("{other:?} is not follow or to_client"),
+                    ))
+                }
+            };
+        }
+        redirects.max_hops = r.max_hops.unwrap_or(DEFAULT_MAX_HOPS);
+        if redirects.max_hops == 0 {
+            return Err(invalid("redirects.max_hops", "must be at least 1"));
+        }
+
+        let u = &file.upstream;
+        let upstream = UpstreamConfig {
+            connect_timeout: duration(
+                "upstream.connect_timeout",
+                u.connect_timeout.as_ref(),
+                Duration::from_secs(10),
+            )?,
+            read_timeout: duration(
+                "upstream.read_timeout",
+                u.read_timeout.as_ref(),
+                Duration::from_secs(60),
+            )?,
+            idle_timeout: duration(
+                "upstream.idle_timeout",
+                u.idle_timeout.as_ref(),
+                Duration::from_secs(60),
+            )?,
+            dns_ttl: duration(
+                "upstream.dns_ttl",
+                u.dns_ttl.as_ref(),
+                Duration::from_secs(60),
+            )?,
+        };
+
+        let c = &file.cache;
+        let cache = CacheConfig {
+            dir: PathBuf::from(c.dir.as_deref().unwrap_or("./cache")),
+            max_size: size("cache.max_size", c.max_size.as_ref(), 50 << 30)?,
+            tag_ttl: duration(
+                "cache.tag_ttl",
+                c.tag_ttl.as_ref(),
+                Duration::from_secs(600),
+            )?,
+        };
+        if cache.max_size == 0 {
+            return Err(invalid("cache.max_size", "must be larger than 0"));
+        }
+
+        let public_scheme = match file.public_scheme.as_deref() {
+            None => None,
+            Some("http") => Some(Scheme::Http),
+            Some("https") => Some(Scheme::Https),
+            Some(other) => {
+                return Err(invalid(
+                    "public_scheme",
+                    format!("{other:?} is not http or https"),
+                ))
+            }
+        };
+
+        let server = file.pingora.validate().map_err(|e| invalid("pingora", e))?;
+        if server.threads == 0 {
+            return Err(invalid("pingora.threads", "must be at least 1"));
+        }
+
+        Ok(Config {
+            server,
+            listen,
+            routes,
+            resolve,
+            redirects,
+            upstream,
+            cache,
+            public_scheme,
+        })
+    }
+}
+
+/// The standard routes (hosts under `domain:`), then `routes:` overriding or adding.
+fn build_routes(file: &FileConfig, domain: Option<&str>) -> Result<RouteTable, ConfigError> {
+    let mut routes: Vec<Route> = STANDARD_ROUTES
+        .iter()
+        .map(|s| Route {
+            name: s.name.to_owned(),
+            registry: s.registry.to_owned(),
+            hosts: domain
+                .map(|d| vec![format!("{}.{d}", s.name)])
+                .unwrap_or_default(),
+            upstream: Origin::parse(s.upstream).expect("standard upstreams are valid"),
+            docker_hub: s.registry == "docker.io",
+        })
+        .collect();
+    for (name, spec) in &file.routes {
+        let path = format!("routes.{name}");
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(&path, "route names are letters, digits, - and _"));
+        }
+        let existing = routes.iter().position(|r| &r.name == name);
+        let upstream = match (&spec.upstream, existing) {
+            (Some(u), _) => Origin::parse(u).map_err(|e| invalid(format!("{path}.upstream"), e))?,
+            (None, Some(i)) => routes[i].upstream.clone(),
+            (None, None) => {
+                return Err(invalid(
+                    format!("{path}.upstream"),
+                    "a new route needs an upstream URL",
+                ))
+            }
+        };
+        let mut hosts = Vec::new();
+        for (i, h) in spec.host.iter().chain(&spec.hosts).enumerate() {
+            hosts.push(host_name(&format!("{path}.host[{i}]"), h)?);
+        }
+        let registry = match (&spec.registry, existing) {
+            (Some(r), _) => host_name(&format!("{path}.registry"), r)?,
+            (None, Some(i)) => routes[i].registry.clone(),
+            (None, None) => upstream.host.clone(),
+        };
+        let route = Route {
+            name: name.clone(),
+            docker_hub: spec.docker_hub.unwrap_or(registry == "docker.io"),
+            registry,
+            hosts,
+            upstream,
+        };
+        match existing {
+            Some(i) => {
+                // An override keeps the standard host unless it names its own.
+                let standard_hosts = std::mem::take(&mut routes[i].hosts);
+                routes[i] = Route {
+                    hosts: if route.hosts.is_empty() {
+                        standard_hosts
+                    } else {
+                        route.hosts
+                    },
+                    ..route
+                };
+            }
+            None => routes.push(route),
+        }
+    }
+    RouteTable::new(routes, file.default_route.as_deref()).map_err(|e| match e {
+        crate::routes::RouteTableError::UnknownDefault(_) => invalid("default_route", e),
+        other => invalid("routes", other),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(yaml: &str) -> String {
+        parse(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("{}").unwrap();
+        assert_eq!(c.listen, vec!["0.0.0.0:8080".parse().unwrap()]);
+        assert_eq!(c.routes.routes().len(), STANDARD_ROUTES.len());
+        assert!(c.routes.for_host(Some("x"), None).is_err());
+        assert_eq!(c.cache.tag_ttl, Duration::from_secs(600));
+        assert_eq!(c.cache.max_size, 50 << 30);
+        assert_eq!(c.redirects.max_hops, 5);
+    }
+
+    #[test]
+    fn domain_routes_and_overrides() {
+        let c = parse(
+            r#"
+domain: Example.com
+default_route: docker
+routes:
+  docker: { upstream: "http://127.0.0.1:5000" }
+  corp: { host: reg.corp.test, upstream: "http://10.0.0.5:5000" }
+resolve: { "registry-1.docker.io": "127.0.0.1:5000", "cdn.test": "127.0.0.2" }
+cache: { max_size: 1GiB, tag_ttl: 30s }
+"#,
+        )
+        .unwrap();
+        let (quay, _) = c.routes.for_host(Some("quay.example.com"), None).unwrap();
+        assert_eq!(quay.upstream.to_string(), "https://quay.io");
+        let (docker, _) = c.routes.for_host(Some("docker.example.com"), None).unwrap();
+        assert_eq!(docker.upstream.to_string(), "http://127.0.0.1:5000");
+        assert!(docker.docker_hub);
+        let (corp, _) = c.routes.for_host(Some("reg.corp.test:443"), None).unwrap();
+        assert_eq!(
+            (corp.registry.as_str(), corp.docker_hub),
+            ("10.0.0.5", false)
+        );
+        assert_eq!(c.resolve["cdn.test"], Pin::Ip("127.0.0.2".parse().unwrap()));
+        assert_eq!(c.cache.max_size, 1 << 30);
+        assert_eq!(c.cache.tag_ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn errors_name_their_key() {
+        let cases = [
+            ("listn: []", "listn"),
+            ("pingora: { threads: 2, bogus: 1 }", "pingora.bogus"),
+            (
+                "routes: { corp: { upstream: 'http://x', hots: [] } }",
+                "routes.corp.hots",
+            ),
+            ("routes: { corp: { host: x } }", "routes.corp.upstream"),
+            (
+                "routes: { corp: { upstream: 'ftp://x' } }",
+                "routes.corp.upstream",
+            ),
+            ("listen: ['nope']", "listen[0]"),
+            ("cache: { tag_ttl: soon }", "cache.tag_ttl"),
+            ("cache: { max_size: lots }", "cache.max_size"),
+            ("redirects: { follow: ['*.x'] }", "redirects.follow[0]"),
+            ("redirects: { other: maybe }", "redirects.other"),
+            ("redirects: { max_hops: 0 }", "redirects.max_hops"),
+            ("default_route: nowhere", "default_route"),
+            ("resolve: { a.test: 'x' }", "resolve.a.test"),
+            ("pingora: { threads: many }", "pingora.threads"),
+            ("public_scheme: ftp", "public_scheme"),
+            ("domain: 'http://x'", "domain"),
+        ];
+        for (yaml, key) in cases {
+            let e = err(yaml);
+            assert!(e.contains(key), "{yaml:?} gave {e:?}, wanted key {key}");
+        }
+    }
+
+    #[test]
+    fn shipped_configs_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+        for name in ["pullthrough.yaml", "minimal.yaml"] {
+            load(&dir.join(name)).unwrap_or_else(|e| panic!("conf/{name}: {e}"));
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! pullthrough: a pull-through mirror for container registries, built on Pingora.
+//!
+//! - [`config`]: the YAML file, validated into a runtime `Config`.
+//! - [`routes`]: which upstream registry a request is for.
+//! - [`registry`]: the registry protocol's vocabulary (paths, names, digests, auth).
+//! - [`redirect`]: which upstream redirects the mirror follows itself.
+//! - [`upstream`]: upstream origins and name resolution.
+//! - [`proxy`]: the Pingora `ProxyHttp` implementation.
+//! - [`server`]: the Pingora server built from a config.
+
+pub mod config;
+pub mod proxy;
+pub mod redirect;
+pub mod registry;
+pub mod routes;
+pub mod server;
+pub mod upstream;

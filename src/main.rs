@@ -1,0 +1,27 @@
+//! The `pullthrough` daemon: parse the command line, load the config, run the server.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use pingora::prelude::Opt;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut opt = Opt::parse_args();
+    let Some(path) = opt.conf.take() else {
+        eprintln!("pullthrough: no config file; run with -c FILE (see conf/pullthrough.yaml)");
+        return ExitCode::from(2);
+    };
+    let config = match pullthrough::config::load(Path::new(&path)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pullthrough: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if opt.test {
+        println!("pullthrough: {path} is valid");
+        return ExitCode::SUCCESS;
+    }
+    pullthrough::server::build(config, Some(opt)).run_forever()
+}

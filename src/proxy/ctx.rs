@@ -1,0 +1,47 @@
+//! The per-request state every hook reads and writes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::hops::Hop;
+use super::plan::Target;
+use crate::registry::RegistryError;
+use crate::routes::{Route, Via};
+
+/// Per-request context.
+pub struct RequestCtx {
+    pub started: Instant,
+    pub route: Option<Arc<Route>>,
+    pub via: Option<Via>,
+    pub target: Option<Target>,
+    /// Where the next upstream attempt goes.
+    pub hop: Option<Hop>,
+    /// Redirects followed so far.
+    pub redirects_followed: u8,
+    /// The registry error to answer with when proxying fails on purpose.
+    pub failure: Option<RegistryError>,
+}
+
+impl RequestCtx {
+    pub fn new() -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            route: None,
+            via: None,
+            target: None,
+            hop: None,
+            redirects_followed: 0,
+            failure: None,
+        }
+    }
+
+    pub fn route_name(&self) -> &str {
+        self.route.as_deref().map_or("-", |r| r.name.as_str())
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        RequestCtx::new()
+    }
+}

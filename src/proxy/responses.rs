@@ -1,0 +1,57 @@
+//! Responses the mirror writes itself: the `/` redirect, health, and registry JSON errors.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+use crate::registry::RegistryError;
+
+use super::plan::Canned;
+
+/// Sent on every response the mirror makes itself, as registries do.
+const API_VERSION: (&str, &str) = ("Docker-Distribution-Api-Version", "registry/2.0");
+
+/// Writes a canned response; returns its status.
+pub async fn send(session: &mut Session, canned: &Canned) -> Result<u16> {
+    match canned {
+        Canned::RedirectToV2 => {
+            let mut resp = ResponseHeader::build(301, Some(2))?;
+            resp.insert_header("Location", "/v2/")?;
+            resp.insert_header("Content-Length", "0")?;
+            session.write_response_header(Box::new(resp), true).await?;
+            Ok(301)
+        }
+        Canned::Healthy => {
+            write(session, 200, "text/plain", Bytes::from_static(b"ok\n")).await?;
+            Ok(200)
+        }
+        Canned::Error(e) => {
+            send_error(session, e).await?;
+            Ok(e.status)
+        }
+    }
+}
+
+/// Writes a registry error, unless a response has already started.
+pub async fn send_error(session: &mut Session, e: &RegistryError) -> Result<()> {
+    if session.response_written().is_some() {
+        return Ok(());
+    }
+    write(session, e.status, "application/json", Bytes::from(e.body())).await
+}
+
+async fn write(session: &mut Session, status: u16, content_type: &str, body: Bytes) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header("Content-Type", content_type)?;
+    resp.insert_header("Content-Length", body.len().to_string())?;
+    resp.insert_header(API_VERSION.0, API_VERSION.1)?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! Where requests go: upstream origins and how their names become socket addresses.
+
+mod origin;
+mod resolver;
+
+pub use origin::{Origin, OriginError};
+pub use resolver::{Pin, ResolveError, Resolver};
