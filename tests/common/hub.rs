@@ -1,0 +1,320 @@
+//! A fake Docker Hub as strict as the real one, on loopback ports:
+//! - registry: every `/v2/*` needs a Bearer token from the auth host, blob GETs answer 307 to
+//!   the CDN host, manifests carry digests and rate-limit headers;
+//! - auth: the token realm on another port, private repositories need Basic credentials;
+//! - cdn: answers 307 to the storage host (with a presigned-looking query);
+//! - storage: rejects any request carrying `Authorization` with 400
+//!   `Missing x-amz-content-sha256`, as S3 and R2 do.
+//!
+//! Every request is recorded per host, so tests can count what reached the upstream.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use base64::Engine;
+
+pub const REGISTRY: &str = "registry-1.docker.io";
+pub const AUTH: &str = "auth.docker.io";
+pub const CDN: &str = "production.cloudflare.docker.com";
+pub const STORAGE: &str = "docker-images-prod.abc123.r2.cloudflarestorage.com";
+pub const PRIVATE_REPO: &str = "acme/secret";
+pub const USER: &str = "alice";
+pub const PASSWORD: &str = "s3cret-pa55";
+
+/// One request a fake host saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub host: &'static str,
+    pub method: String,
+    pub path_and_query: String,
+    pub authorization: Option<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    seen: Vec<Seen>,
+    blobs: HashMap<String, Vec<u8>>,
+    manifests: HashMap<(String, String), (String, Vec<u8>)>,
+    ports: HashMap<&'static str, u16>,
+}
+
+/// The fake hub; cheap to clone, shared by its four servers.
+#[derive(Clone, Default)]
+pub struct Hub {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// A stored manifest: media type and body.
+pub struct Manifest {
+    pub digest: String,
+    pub body: Vec<u8>,
+}
+
+impl Hub {
+    /// Starts the four hosts on free loopback ports.
+    pub async fn start() -> Hub {
+        let hub = Hub::default();
+        for (name, app) in [
+            (REGISTRY, Router::new().fallback(registry)),
+            (AUTH, Router::new().fallback(auth)),
+            (CDN, Router::new().fallback(cdn)),
+            (STORAGE, Router::new().fallback(storage)),
+        ] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let port = listener.local_addr().expect("addr").port();
+            hub.lock().ports.insert(name, port);
+            let app = app.with_state(hub.clone());
+            tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+        }
+        hub
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("hub lock")
+    }
+
+    pub fn port(&self, host: &str) -> u16 {
+        self.lock().ports[host]
+    }
+
+    pub fn url(&self, host: &str) -> String {
+        format!("http://{host}:{}", self.port(host))
+    }
+
+    /// Mirror config pointing the docker route at this hub (names pinned to loopback).
+    pub fn mirror_config(&self) -> String {
+        format!(
+            "routes:\n  docker: {{ upstream: \"{}\" }}\nresolve: {{ \"{REGISTRY}\": 127.0.0.1, \"{AUTH}\": 127.0.0.1, \"{CDN}\": 127.0.0.1, \"{STORAGE}\": 127.0.0.1 }}\n",
+            self.url(REGISTRY)
+        )
+    }
+
+    pub fn add_blob(&self, data: Vec<u8>) -> String {
+        let digest = super::sha256(&data);
+        self.lock().blobs.insert(digest.clone(), data);
+        digest
+    }
+
+    /// Stores an OCI manifest for `repo:tag` (and by digest) referring to `blob`.
+    pub fn add_manifest(&self, repo: &str, tag: &str, blob: &str) -> Manifest {
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{blob}","size":1}},"layers":[]}}"#
+        )
+        .into_bytes();
+        let digest = super::sha256(&body);
+        let mut inner = self.lock();
+        for reference in [tag, &digest] {
+            inner
+                .manifests
+                .insert((repo.to_owned(), reference.to_owned()), (digest.clone(), body.clone()));
+        }
+        Manifest { digest, body }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.lock().seen.clone()
+    }
+
+    pub fn seen_by(&self, host: &str) -> Vec<Seen> {
+        self.seen().into_iter().filter(|s| s.host == host).collect()
+    }
+
+    pub fn count(&self, host: &str) -> usize {
+        self.seen_by(host).len()
+    }
+
+    fn record(&self, host: &'static str, req: &Request) {
+        let seen = Seen {
+            host,
+            method: req.method().to_string(),
+            path_and_query: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+            authorization: header(req.headers(), "authorization"),
+        };
+        self.lock().seen.push(seen);
+    }
+}
+
+fn header(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+fn respond(status: StatusCode, headers: &[(&str, String)], body: impl Into<Body>) -> Response {
+    let mut r = Response::builder().status(status);
+    for (k, v) in headers {
+        r = r.header(*k, v);
+    }
+    r.body(body.into()).expect("response")
+}
+
+fn registry_error(status: StatusCode, code: &str, extra: &[(&str, String)]) -> Response {
+    let body = format!(r#"{{"errors":[{{"code":"{code}","message":"{code}"}}]}}"#);
+    let mut headers = vec![("content-type", "application/json".to_owned())];
+    headers.extend_from_slice(extra);
+    respond(status, &headers, body)
+}
+
+/// The token grants: `Bearer tok:<repo>,<repo>` (what the auth host issued).
+fn granted(headers: &HeaderMap) -> Option<Vec<String>> {
+    let auth = header(headers, "authorization")?;
+    let token = auth.strip_prefix("Bearer tok:")?;
+    Some(token.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+}
+
+async fn registry(State(hub): State<Hub>, req: Request) -> Response {
+    hub.record(REGISTRY, &req);
+    let path = req.uri().path().to_owned();
+    let realm = format!("{}/token", hub.url(AUTH));
+    let challenge = |scope: Option<&str>| {
+        let mut c = format!(r#"Bearer realm="{realm}",service="registry.docker.io""#);
+        if let Some(s) = scope {
+            c.push_str(&format!(r#",scope="repository:{s}:pull""#));
+        }
+        registry_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", &[("www-authenticate", c)])
+    };
+    // Storage-like paths on the registry host itself (a relative Location): no token needed.
+    if let Some(hex) = path.strip_prefix("/direct/") {
+        let data = hub.lock().blobs.get(&format!("sha256:{hex}")).cloned();
+        return match data {
+            Some(d) => respond(StatusCode::OK, &[], d),
+            None => registry_error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", &[]),
+        };
+    }
+    let Some(grants) = granted(req.headers()) else {
+        let repo = repo_of(&path);
+        return challenge(repo.as_deref());
+    };
+    if path == "/v2/" {
+        return respond(StatusCode::OK, &[], "{}");
+    }
+    // Test hooks that are not repositories: a redirect loop and a relative Location.
+    if path == "/v2/library/loop/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000" {
+        return respond(StatusCode::TEMPORARY_REDIRECT, &[("location", format!("{}/loop", hub.url(CDN)))], "");
+    }
+    let Some(repo) = repo_of(&path) else {
+        return registry_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN", &[]);
+    };
+    if !grants.contains(&repo) {
+        return challenge(Some(&repo));
+    }
+    let reference = path.rsplit('/').next().unwrap_or_default().to_owned();
+    if path.contains("/manifests/") {
+        let found = hub.lock().manifests.get(&(repo, reference)).cloned();
+        return match found {
+            Some((digest, body)) => respond(
+                StatusCode::OK,
+                &[
+                    ("content-type", "application/vnd.oci.image.manifest.v1+json".into()),
+                    ("docker-content-digest", digest),
+                    ("ratelimit-limit", "100;w=21600".into()),
+                    ("ratelimit-remaining", "99;w=21600".into()),
+                ],
+                body,
+            ),
+            None => registry_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", &[]),
+        };
+    }
+    let hex = reference.strip_prefix("sha256:").unwrap_or_default().to_owned();
+    if !hub.lock().blobs.contains_key(&reference) {
+        return registry_error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", &[]);
+    }
+    if req.uri().query() == Some("relative=1") {
+        return respond(StatusCode::TEMPORARY_REDIRECT, &[("location", format!("/direct/{hex}"))], "");
+    }
+    let location = format!(
+        "{}/registry-v2/docker/registry/v2/blobs/sha256/{}/{hex}/data?verify=1",
+        hub.url(CDN),
+        &hex[..2]
+    );
+    respond(StatusCode::TEMPORARY_REDIRECT, &[("location", location)], "")
+}
+
+/// `library/nginx` from `/v2/library/nginx/manifests/latest`.
+fn repo_of(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/v2/")?;
+    let (name, _) = rest
+        .rsplit_once("/manifests/")
+        .or_else(|| rest.rsplit_once("/blobs/"))?;
+    Some(name.to_owned())
+}
+
+async fn auth(State(hub): State<Hub>, req: Request) -> Response {
+    hub.record(AUTH, &req);
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let basic = header(req.headers(), "authorization").and_then(|a| {
+        let b64 = a.strip_prefix("Basic ")?.to_owned();
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).ok()?).ok()
+    });
+    let authenticated = basic.as_deref() == Some(&format!("{USER}:{PASSWORD}"));
+    if basic.is_some() && !authenticated {
+        return registry_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", &[]);
+    }
+    let mut repos = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        if k != "scope" {
+            continue;
+        }
+        for scope in v.split(' ') {
+            let parts: Vec<&str> = scope.split(':').collect();
+            if let [_, name, _] = parts.as_slice() {
+                if *name != PRIVATE_REPO || authenticated {
+                    repos.push(name.to_string());
+                }
+            }
+        }
+    }
+    let token = format!("tok:{}", repos.join(","));
+    respond(
+        StatusCode::OK,
+        &[("content-type", "application/json".into())],
+        format!(r#"{{"token":"{token}","access_token":"{token}","expires_in":300}}"#),
+    )
+}
+
+async fn cdn(State(hub): State<Hub>, req: Request) -> Response {
+    hub.record(CDN, &req);
+    let path = req.uri().path().to_owned();
+    if path == "/loop" {
+        return respond(StatusCode::FOUND, &[("location", "/loop".into())], "");
+    }
+    let Some(hex) = path.strip_suffix("/data").and_then(|p| p.rsplit('/').next()) else {
+        return respond(StatusCode::NOT_FOUND, &[], "");
+    };
+    let location = format!("{}/{hex}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=abc", hub.url(STORAGE));
+    respond(StatusCode::TEMPORARY_REDIRECT, &[("location", location)], "")
+}
+
+async fn storage(State(hub): State<Hub>, req: Request) -> Response {
+    hub.record(STORAGE, &req);
+    if req.headers().contains_key("authorization") {
+        return respond(
+            StatusCode::BAD_REQUEST,
+            &[("content-type", "application/xml".into())],
+            "<Error><Code>InvalidArgument</Code><Message>Missing x-amz-content-sha256</Message></Error>",
+        );
+    }
+    let hex = req.uri().path().trim_start_matches('/').to_owned();
+    let data = hub.lock().blobs.get(&format!("sha256:{hex}")).cloned();
+    match data {
+        Some(d) => respond(StatusCode::OK, &[("content-type", "application/octet-stream".into())], d),
+        None => respond(StatusCode::NOT_FOUND, &[], "").into_response(),
+    }
+}
+
+/// A mirror client's view: the token the mirror's realm hands out for `scope`.
+pub async fn token_via(client: &reqwest::Client, realm: &str, scope: &str, basic: Option<(&str, &str)>) -> reqwest::Response {
+    let mut req = client.get(realm).query(&[("service", "registry.docker.io"), ("scope", scope)]);
+    if let Some((u, p)) = basic {
+        req = req.basic_auth(u, Some(p));
+    }
+    req.send().await.expect("token request")
+}
+
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}

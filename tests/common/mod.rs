@@ -1,0 +1,144 @@
+//! Shared test rig: the mirror as a child process, and an in-process fake Docker Hub.
+#![allow(dead_code)]
+
+pub mod hub;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The proxy guard of DESIGN.md section 5: a client that honours proxy variables can only
+/// reach loopback.
+pub const GUARD: &[(&str, &str)] = &[
+    ("HTTP_PROXY", "http://127.0.0.1:9"),
+    ("HTTPS_PROXY", "http://127.0.0.1:9"),
+    ("http_proxy", "http://127.0.0.1:9"),
+    ("https_proxy", "http://127.0.0.1:9"),
+    ("NO_PROXY", "127.0.0.0/8,localhost"),
+    ("no_proxy", "127.0.0.0/8,localhost"),
+];
+
+/// A free loopback port (bound then released: the mirror binds it next).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a free port")
+}
+
+/// A running `pullthrough` process with its own config and directory.
+pub struct Mirror {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Mirror {
+    /// Starts the mirror on a free port with `yaml` appended to a base config
+    /// (listener, pid file, upgrade socket in its own directory) and waits for `/healthz`.
+    pub fn start(yaml: &str) -> Mirror {
+        let port = free_port();
+        Self::start_on(port, &format!("listen: [\"127.0.0.1:{port}\"]\n{yaml}"))
+    }
+
+    /// Starts the mirror with exactly this listen section in `yaml`; `port` is where to wait.
+    pub fn start_on(port: u16, yaml: &str) -> Mirror {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().display();
+        let config = format!(
+            "pingora: {{ threads: 2, pid_file: \"{d}/pid\", upgrade_sock: \"{d}/upgrade.sock\", grace_period_seconds: 1, graceful_shutdown_timeout_seconds: 1 }}\n\
+             cache: {{ dir: \"{d}/cache\" }}\n{yaml}"
+        );
+        let conf = dir.path().join("pullthrough.yaml");
+        std::fs::write(&conf, config).expect("write config");
+        let log = dir.path().join("mirror.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_pullthrough"))
+            .arg("-c")
+            .arg(&conf)
+            .env("RUST_LOG", std::env::var("MIRROR_LOG").unwrap_or_else(|_| "pullthrough=debug,pingora=warn".into()))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start pullthrough");
+        let mut mirror = Mirror { port, dir, child, log };
+        mirror.wait_healthy();
+        mirror
+    }
+
+    fn wait_healthy(&mut self) {
+        for _ in 0..200 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("mirror exited with {status}:\n{}", self.log());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mirror did not start listening in 10 s:\n{}", self.log());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the mirror logged so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("pullthrough.yaml")
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client that never follows redirects and reaches `names` at `addr`.
+pub fn client(names: &[&str], addr: SocketAddr) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(120));
+    for name in names {
+        b = b.resolve(name, addr);
+    }
+    b.build().expect("client")
+}
+
+/// sha256 of bytes as `sha256:<hex>`.
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+/// The path of a program, or a clear failure naming the package that provides it.
+pub fn require_program(name: &str, package: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed: install the Debian package {package} (tests/run.sh does)");
+}
