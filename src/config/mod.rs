@@ -106,7 +106,10 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
     let file: FileConfig = match serde_path_to_error::deserialize(ignoring) {
         Ok(file) => file,
         Err(e) => {
-            let path = e.path().to_string();
+            let path = match e.path().to_string() {
+                p if p == "?" || p == "." => "(file)".to_owned(),
+                p => p,
+            };
             return Err(invalid(path, e.into_inner()));
         }
     };

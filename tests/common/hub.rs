@@ -89,8 +89,13 @@ impl Hub {
 
     /// Mirror config pointing the docker route at this hub (names pinned to loopback).
     pub fn mirror_config(&self) -> String {
+        self.mirror_config_with_routes("")
+    }
+
+    /// As `mirror_config`, with more route lines (indented two spaces) under `routes:`.
+    pub fn mirror_config_with_routes(&self, routes: &str) -> String {
         format!(
-            "routes:\n  docker: {{ upstream: \"{}\" }}\nresolve: {{ \"{REGISTRY}\": 127.0.0.1, \"{AUTH}\": 127.0.0.1, \"{CDN}\": 127.0.0.1, \"{STORAGE}\": 127.0.0.1 }}\n",
+            "routes:\n  docker: {{ upstream: \"{}\" }}\n{routes}resolve: {{ \"{REGISTRY}\": 127.0.0.1, \"{AUTH}\": 127.0.0.1, \"{CDN}\": 127.0.0.1, \"{STORAGE}\": 127.0.0.1 }}\n",
             self.url(REGISTRY)
         )
     }
