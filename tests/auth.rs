@@ -33,13 +33,24 @@ async fn challenge_relay_and_pull() {
     assert_eq!(r.status(), 401);
     assert_eq!(
         www_authenticate(&r),
-        format!(r#"Bearer realm="http://{HOST}:{}/v2/auth",service="registry.docker.io""#, mirror.port)
+        format!(
+            r#"Bearer realm="http://{HOST}:{}/v2/auth",service="registry.docker.io""#,
+            mirror.port
+        )
     );
 
     // A manifest without a token: the challenge keeps the upstream's scope.
-    let r = c.get(format!("{base}/v2/hello/manifests/latest")).send().await.unwrap();
+    let r = c
+        .get(format!("{base}/v2/hello/manifests/latest"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    assert!(www_authenticate(&r).ends_with(r#"scope="repository:library/hello:pull""#), "{}", www_authenticate(&r));
+    assert!(
+        www_authenticate(&r).ends_with(r#"scope="repository:library/hello:pull""#),
+        "{}",
+        www_authenticate(&r)
+    );
 
     // The token request relays to the realm on the other host with library/ added.
     let realm = format!("{base}/v2/auth");
@@ -48,8 +59,15 @@ async fn challenge_relay_and_pull() {
     let tok = token(r).await;
     let asked = hub.seen_by(AUTH);
     assert_eq!(asked.len(), 1);
-    assert!(asked[0].path_and_query.contains("scope=repository%3Alibrary%2Fhello%3Apull"), "{asked:?}");
-    assert!(asked[0].path_and_query.contains("service=registry.docker.io"));
+    assert!(
+        asked[0]
+            .path_and_query
+            .contains("scope=repository%3Alibrary%2Fhello%3Apull"),
+        "{asked:?}"
+    );
+    assert!(asked[0]
+        .path_and_query
+        .contains("service=registry.docker.io"));
 
     // With the token: the manifest, its digest and Docker Hub's rate-limit headers.
     let r = c
@@ -59,12 +77,18 @@ async fn challenge_relay_and_pull() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["docker-content-digest"], manifest.digest.as_str());
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        manifest.digest.as_str()
+    );
     assert_eq!(r.headers()["ratelimit-remaining"], "99;w=21600");
     assert_eq!(r.bytes().await.unwrap(), manifest.body);
     let last = hub.seen_by(REGISTRY).pop().unwrap();
     assert_eq!(last.path_and_query, "/v2/library/hello/manifests/latest");
-    assert_eq!(last.authorization.as_deref(), Some(format!("Bearer {tok}").as_str()));
+    assert_eq!(
+        last.authorization.as_deref(),
+        Some(format!("Bearer {tok}").as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -95,10 +119,22 @@ async fn every_scope_and_private_credentials() {
     assert_eq!(discovery[0].path_and_query, "/v2/");
     assert_eq!(discovery[0].authorization, None);
     let asked = hub.seen_by(AUTH);
-    assert!(asked[0].authorization.as_deref().is_some_and(|a| a.starts_with("Basic ")));
+    assert!(asked[0]
+        .authorization
+        .as_deref()
+        .is_some_and(|a| a.starts_with("Basic ")));
 
     // Anonymous: the private repository stays closed.
-    let anon = token(hub::token_via(&c, &mirror.url("/v2/auth"), &format!("repository:{PRIVATE_REPO}:pull"), None).await).await;
+    let anon = token(
+        hub::token_via(
+            &c,
+            &mirror.url("/v2/auth"),
+            &format!("repository:{PRIVATE_REPO}:pull"),
+            None,
+        )
+        .await,
+    )
+    .await;
     let r = c
         .get(mirror.url(&format!("/v2/{PRIVATE_REPO}/manifests/v1")))
         .bearer_auth(&anon)
@@ -116,10 +152,22 @@ async fn every_scope_and_private_credentials() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), manifest.body);
     // The realm was learned once: the second token request did not ask /v2/ again.
-    assert_eq!(hub.seen_by(REGISTRY).iter().filter(|s| s.path_and_query == "/v2/").count(), 1);
+    assert_eq!(
+        hub.seen_by(REGISTRY)
+            .iter()
+            .filter(|s| s.path_and_query == "/v2/")
+            .count(),
+        1
+    );
 
     // Wrong password: the realm's refusal reaches the client.
-    let r = hub::token_via(&c, &mirror.url("/v2/auth"), "repository:x:pull", Some((USER, "wrong"))).await;
+    let r = hub::token_via(
+        &c,
+        &mirror.url("/v2/auth"),
+        "repository:x:pull",
+        Some((USER, "wrong")),
+    )
+    .await;
     assert_eq!(r.status(), 401);
 
     // Credentials and tokens never reach the log, even at debug level.
@@ -140,11 +188,27 @@ async fn path_prefix_scopes_round_trip() {
 
     // Through the path prefix the client names the repository docker.io/hello: the challenge
     // scope is in its names, and the token request is translated back.
-    let r = c.get(mirror.url("/v2/docker.io/hello/manifests/1")).send().await.unwrap();
+    let r = c
+        .get(mirror.url("/v2/docker.io/hello/manifests/1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let challenge = www_authenticate(&r);
-    assert!(challenge.contains(r#"scope="repository:docker.io/library/hello:pull""#), "{challenge}");
-    let tok = token(hub::token_via(&c, &mirror.url("/v2/auth"), "repository:docker.io/hello:pull", None).await).await;
+    assert!(
+        challenge.contains(r#"scope="repository:docker.io/library/hello:pull""#),
+        "{challenge}"
+    );
+    let tok = token(
+        hub::token_via(
+            &c,
+            &mirror.url("/v2/auth"),
+            "repository:docker.io/hello:pull",
+            None,
+        )
+        .await,
+    )
+    .await;
     assert_eq!(tok, "tok:library/hello");
     let r = c
         .get(mirror.url("/v2/docker.io/hello/manifests/1"))

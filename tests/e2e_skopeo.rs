@@ -33,12 +33,26 @@ fn skopeo_pulls_through_every_way_in() {
     let ways = [
         ("host", format!("127.0.0.2:{port}"), "library/img"),
         ("default", format!("127.0.0.1:{port}"), "library/img"),
-        ("prefix", format!("127.0.0.1:{port}"), "local.test/library/img"),
+        (
+            "prefix",
+            format!("127.0.0.1:{port}"),
+            "local.test/library/img",
+        ),
     ];
     for (way, registry, image) in &ways {
-        let v1 = pulled(registry, &format!("{image}:v1"), false, &out(&format!("{way}-v1")));
+        let v1 = pulled(
+            registry,
+            &format!("{image}:v1"),
+            false,
+            &out(&format!("{way}-v1")),
+        );
         assert_eq!(v1, direct_v1, "{way}");
-        let multi = pulled(registry, &format!("{image}:multi"), true, &out(&format!("{way}-multi")));
+        let multi = pulled(
+            registry,
+            &format!("{image}:multi"),
+            true,
+            &out(&format!("{way}-multi")),
+        );
         assert_eq!(multi, direct_multi, "{way}");
     }
     let log = mirror.log();
@@ -62,13 +76,27 @@ async fn skopeo_through_token_auth_registry() {
         ));
         let mirror_addr = format!("127.0.0.1:{}", mirror.port);
         let before = tokens.requests.load(std::sync::atomic::Ordering::SeqCst);
-        let direct = pulled(&reg.addr(), "team/app:multi", true, &work.path().join("direct"));
+        let direct = pulled(
+            &reg.addr(),
+            "team/app:multi",
+            true,
+            &work.path().join("direct"),
+        );
         let direct_tokens = tokens.requests.load(std::sync::atomic::Ordering::SeqCst) - before;
-        let through = pulled(&mirror_addr, "team/app:multi", true, &work.path().join("mirror"));
+        let through = pulled(
+            &mirror_addr,
+            "team/app:multi",
+            true,
+            &work.path().join("mirror"),
+        );
         assert_eq!(through, direct);
         // The mirror's realm relayed the token requests (as many as the direct pull made).
-        let relayed = tokens.requests.load(std::sync::atomic::Ordering::SeqCst) - before - direct_tokens;
-        assert!(relayed >= 1, "no token request reached the token server through the mirror");
+        let relayed =
+            tokens.requests.load(std::sync::atomic::Ordering::SeqCst) - before - direct_tokens;
+        assert!(
+            relayed >= 1,
+            "no token request reached the token server through the mirror"
+        );
         let log = mirror.log();
         assert!(log.contains("upstream token realm is"), "{log}");
         assert!(log.contains("GET /v2/auth route=secure"), "{log}");

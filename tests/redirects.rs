@@ -8,7 +8,13 @@ use common::hub::{self, Hub, CDN, REGISTRY, STORAGE};
 use common::Mirror;
 
 async fn pull_token(c: &reqwest::Client, mirror: &Mirror, repo: &str) -> String {
-    let r = hub::token_via(c, &mirror.url("/v2/auth"), &format!("repository:{repo}:pull"), None).await;
+    let r = hub::token_via(
+        c,
+        &mirror.url("/v2/auth"),
+        &format!("repository:{repo}:pull"),
+        None,
+    )
+    .await;
     let body: serde_json::Value = r.json().await.unwrap();
     body["token"].as_str().unwrap().to_owned()
 }
@@ -32,7 +38,10 @@ async fn cdn_followed_storage_to_client() {
     let hex = digest.trim_start_matches("sha256:");
     assert_eq!(
         location,
-        format!("{}/{hex}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=abc", hub.url(STORAGE))
+        format!(
+            "{}/{hex}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=abc",
+            hub.url(STORAGE)
+        )
     );
     // The registry saw the token; the CDN got the request, without it; storage got nothing.
     let reg = hub.seen_by(REGISTRY).pop().unwrap();
@@ -72,7 +81,10 @@ async fn storage_followed_when_configured() {
     assert_eq!(common::sha256(&body), digest);
     let storage = hub.seen_by(STORAGE);
     assert_eq!(storage.len(), 1);
-    assert_eq!(storage[0].authorization, None, "Authorization crossed hosts");
+    assert_eq!(
+        storage[0].authorization, None,
+        "Authorization crossed hosts"
+    );
     assert_eq!(hub.count(CDN), 1);
     assert!(mirror.log().contains("redirects=2"), "{}", mirror.log());
 }
@@ -81,7 +93,10 @@ async fn storage_followed_when_configured() {
 async fn relative_location_and_loops() {
     let hub = Hub::start().await;
     let digest = hub.add_blob(b"relative".to_vec());
-    let config = format!("default_route: docker\nredirects: {{ max_hops: 3 }}\n{}", hub.mirror_config());
+    let config = format!(
+        "default_route: docker\nredirects: {{ max_hops: 3 }}\n{}",
+        hub.mirror_config()
+    );
     let mirror = Mirror::start(&config);
     let c = common::client(&[], mirror.addr());
 
@@ -95,7 +110,10 @@ async fn relative_location_and_loops() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), &b"relative"[..]);
-    assert!(hub.seen_by(REGISTRY).iter().any(|s| s.path_and_query == format!("/direct/{}", &digest[7..])));
+    assert!(hub
+        .seen_by(REGISTRY)
+        .iter()
+        .any(|s| s.path_and_query == format!("/direct/{}", &digest[7..])));
 
     // A loop: 1 hop to the CDN, then the CDN redirects to itself until max_hops.
     let tok = pull_token(&c, &mirror, "library/loop").await;
@@ -109,6 +127,12 @@ async fn relative_location_and_loops() {
     assert_eq!(r.status(), 502);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["errors"][0]["code"], "UNKNOWN");
-    assert!(body["errors"][0]["message"].as_str().unwrap().contains("more than 3"), "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 3"),
+        "{body}"
+    );
     assert_eq!(hub.count(CDN), 3);
 }

@@ -21,7 +21,12 @@ async fn four_ways_in() {
         ))
     );
     let mirror = Mirror::start(&config);
-    let names = ["docker.mirror.test", "quay.mirror.test", "corp.test", "other.test"];
+    let names = [
+        "docker.mirror.test",
+        "quay.mirror.test",
+        "corp.test",
+        "other.test",
+    ];
     let c = common::client(&names, mirror.addr());
     let get = |host: &str, path: &str| {
         let url = format!("http://{host}:{}{path}", mirror.port);
@@ -31,15 +36,51 @@ async fn four_ways_in() {
 
     let cases = [
         // (host, path as sent, path the upstream must see)
-        ("docker.mirror.test", "/v2/nginx/manifests/latest", "/v2/library/nginx/manifests/latest"),
-        ("DOCKER.mirror.test", "/v2/bitnami/redis/manifests/7", "/v2/bitnami/redis/manifests/7"),
-        ("quay.mirror.test", "/v2/coreos/etcd/manifests/v3", "/v2/coreos/etcd/manifests/v3"),
-        ("corp.test", "/v2/team/app/manifests/1", "/v2/team/app/manifests/1"),
-        ("other.test", "/v2/alpine/manifests/3?ns=docker.io", "/v2/library/alpine/manifests/3"),
-        ("other.test", "/v2/a/b/manifests/1?ns=quay.io", "/v2/a/b/manifests/1"),
-        ("other.test", "/v2/quay.io/coreos/etcd/manifests/v3", "/v2/coreos/etcd/manifests/v3"),
-        ("other.test", "/v2/corp.io/team/app/tags/list?n=5", "/v2/team/app/tags/list?n=5"),
-        ("other.test", "/v2/docker.io/busybox/manifests/1", "/v2/library/busybox/manifests/1"),
+        (
+            "docker.mirror.test",
+            "/v2/nginx/manifests/latest",
+            "/v2/library/nginx/manifests/latest",
+        ),
+        (
+            "DOCKER.mirror.test",
+            "/v2/bitnami/redis/manifests/7",
+            "/v2/bitnami/redis/manifests/7",
+        ),
+        (
+            "quay.mirror.test",
+            "/v2/coreos/etcd/manifests/v3",
+            "/v2/coreos/etcd/manifests/v3",
+        ),
+        (
+            "corp.test",
+            "/v2/team/app/manifests/1",
+            "/v2/team/app/manifests/1",
+        ),
+        (
+            "other.test",
+            "/v2/alpine/manifests/3?ns=docker.io",
+            "/v2/library/alpine/manifests/3",
+        ),
+        (
+            "other.test",
+            "/v2/a/b/manifests/1?ns=quay.io",
+            "/v2/a/b/manifests/1",
+        ),
+        (
+            "other.test",
+            "/v2/quay.io/coreos/etcd/manifests/v3",
+            "/v2/coreos/etcd/manifests/v3",
+        ),
+        (
+            "other.test",
+            "/v2/corp.io/team/app/tags/list?n=5",
+            "/v2/team/app/tags/list?n=5",
+        ),
+        (
+            "other.test",
+            "/v2/docker.io/busybox/manifests/1",
+            "/v2/library/busybox/manifests/1",
+        ),
     ];
     for (host, path, upstream_path) in cases {
         let before = hub.count(REGISTRY);
@@ -48,7 +89,11 @@ async fn four_ways_in() {
         assert_eq!(r.status(), 401, "{host}{path}");
         let seen = hub.seen_by(REGISTRY);
         assert_eq!(seen.len(), before + 1, "{host}{path}");
-        assert_eq!(seen.last().unwrap().path_and_query, upstream_path, "{host}{path}");
+        assert_eq!(
+            seen.last().unwrap().path_and_query,
+            upstream_path,
+            "{host}{path}"
+        );
     }
 
     // No default route: an unknown Host gets 404 and the list of routes, upstream untouched.
@@ -58,7 +103,12 @@ async fn four_ways_in() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["errors"][0]["code"], "NAME_UNKNOWN");
     let routes = body["errors"][0]["detail"]["routes"].as_array().unwrap();
-    assert!(routes.iter().any(|r| r["name"] == "quay" && r["hosts"][0] == "quay.mirror.test"), "{body}");
+    assert!(
+        routes
+            .iter()
+            .any(|r| r["name"] == "quay" && r["hosts"][0] == "quay.mirror.test"),
+        "{body}"
+    );
     assert_eq!(hub.count(REGISTRY), before);
 }
 
@@ -69,16 +119,35 @@ async fn answers_of_its_own() {
     let c = common::client(&[], mirror.addr());
 
     let r = c.get(mirror.url("/")).send().await.unwrap();
-    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (301, "/v2/"));
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["location"].to_str().unwrap()
+        ),
+        (301, "/v2/")
+    );
     let r = c.get(mirror.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = c.put(mirror.url("/v2/nginx/manifests/latest")).body("x").send().await.unwrap();
+    let r = c
+        .put(mirror.url("/v2/nginx/manifests/latest"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
-    let r = c.get(mirror.url("/v2/Bad/manifests/latest")).send().await.unwrap();
+    let r = c
+        .get(mirror.url("/v2/Bad/manifests/latest"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["errors"][0]["code"], "NAME_INVALID");
-    let r = c.get(mirror.url("/v2/a/blobs/sha256:short")).send().await.unwrap();
+    let r = c
+        .get(mirror.url("/v2/a/blobs/sha256:short"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     // None of that asked the upstream.
     assert_eq!(hub.count(REGISTRY), 0);
@@ -103,7 +172,10 @@ async fn unreachable_upstreams_are_502() {
         assert!(body["errors"][0]["message"].is_string(), "{host}: {body}");
     }
     // Still serving after both.
-    assert_eq!(c.get(mirror.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(mirror.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
 }
 
 #[test]
@@ -112,7 +184,11 @@ fn test_flag_validates_config() {
     let good = dir.path().join("good.yaml");
     std::fs::write(&good, "listen: [\"127.0.0.1:0\"]\n").unwrap();
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "listen: [\"127.0.0.1:0\"]\nredirects: { max_hop: 3 }\n").unwrap();
+    std::fs::write(
+        &bad,
+        "listen: [\"127.0.0.1:0\"]\nredirects: { max_hop: 3 }\n",
+    )
+    .unwrap();
     let run = |conf: &std::path::Path| {
         Command::new(env!("CARGO_BIN_EXE_pullthrough"))
             .arg("-t")
@@ -126,7 +202,11 @@ fn test_flag_validates_config() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("redirects.max_hop"), "{err}");
-    for shipped in ["conf/pullthrough.yaml", "conf/minimal.yaml"] {
+    for shipped in [
+        "conf/pullthrough.yaml",
+        "conf/minimal.yaml",
+        "conf/container.yaml",
+    ] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(shipped);
         assert!(run(&path).status.success(), "{shipped}");
     }

@@ -43,7 +43,9 @@ async fn one_gib_blob_streams_with_flat_memory() {
             let block = block.clone();
             served.fetch_add(1, Ordering::SeqCst);
             async move {
-                let stream = futures::stream::iter((0..BLOCKS).map(move |_| Ok::<_, std::io::Error>(block.clone())));
+                let stream = futures::stream::iter(
+                    (0..BLOCKS).map(move |_| Ok::<_, std::io::Error>(block.clone())),
+                );
                 axum::response::Response::builder()
                     .header("content-length", (BLOCK * BLOCKS).to_string())
                     .body(Body::from_stream(stream))
@@ -55,10 +57,16 @@ async fn one_gib_blob_streams_with_flat_memory() {
     let upstream = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let mirror = Mirror::start(&format!("default_route: bulk\nroutes:\n  bulk: {{ upstream: \"http://{upstream}\" }}\n"));
+    let mirror = Mirror::start(&format!(
+        "default_route: bulk\nroutes:\n  bulk: {{ upstream: \"http://{upstream}\" }}\n"
+    ));
     let baseline = peak_rss_kib(mirror.pid());
     let c = common::client(&[], mirror.addr());
-    let resp = c.get(mirror.url(&format!("/v2/big/blobs/{digest}"))).send().await.unwrap();
+    let resp = c
+        .get(mirror.url(&format!("/v2/big/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.bytes_stream();
     let mut hasher = sha2::Sha256::new();
@@ -78,5 +86,8 @@ async fn one_gib_blob_streams_with_flat_memory() {
         baseline as f64 / 1024.0,
         peak as f64 / 1024.0
     );
-    assert!(peak < 96 * 1024, "peak RSS {peak} KiB: the body is being buffered");
+    assert!(
+        peak < 96 * 1024,
+        "peak RSS {peak} KiB: the body is being buffered"
+    );
 }

@@ -458,7 +458,7 @@ cache: { max_size: 1GiB, tag_ttl: 30s }
     #[test]
     fn shipped_configs_load() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
-        for name in ["pullthrough.yaml", "minimal.yaml"] {
+        for name in ["pullthrough.yaml", "minimal.yaml", "container.yaml"] {
             load(&dir.join(name)).unwrap_or_else(|e| panic!("conf/{name}: {e}"));
         }
     }

@@ -66,7 +66,9 @@ impl Hub {
             (CDN, Router::new().fallback(cdn)),
             (STORAGE, Router::new().fallback(storage)),
         ] {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
             let port = listener.local_addr().expect("addr").port();
             hub.lock().ports.insert(name, port);
             let app = app.with_state(hub.clone());
@@ -115,9 +117,10 @@ impl Hub {
         let digest = super::sha256(&body);
         let mut inner = self.lock();
         for reference in [tag, &digest] {
-            inner
-                .manifests
-                .insert((repo.to_owned(), reference.to_owned()), (digest.clone(), body.clone()));
+            inner.manifests.insert(
+                (repo.to_owned(), reference.to_owned()),
+                (digest.clone(), body.clone()),
+            );
         }
         Manifest { digest, body }
     }
@@ -138,7 +141,11 @@ impl Hub {
         let seen = Seen {
             host,
             method: req.method().to_string(),
-            path_and_query: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+            path_and_query: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
             authorization: header(req.headers(), "authorization"),
         };
         self.lock().seen.push(seen);
@@ -168,7 +175,13 @@ fn registry_error(status: StatusCode, code: &str, extra: &[(&str, String)]) -> R
 fn granted(headers: &HeaderMap) -> Option<Vec<String>> {
     let auth = header(headers, "authorization")?;
     let token = auth.strip_prefix("Bearer tok:")?;
-    Some(token.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+    Some(
+        token
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
 }
 
 async fn registry(State(hub): State<Hub>, req: Request) -> Response {
@@ -180,7 +193,11 @@ async fn registry(State(hub): State<Hub>, req: Request) -> Response {
         if let Some(s) = scope {
             c.push_str(&format!(r#",scope="repository:{s}:pull""#));
         }
-        registry_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", &[("www-authenticate", c)])
+        registry_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            &[("www-authenticate", c)],
+        )
     };
     // Storage-like paths on the registry host itself (a relative Location): no token needed.
     if let Some(hex) = path.strip_prefix("/direct/") {
@@ -214,7 +231,10 @@ async fn registry(State(hub): State<Hub>, req: Request) -> Response {
             Some((digest, body)) => respond(
                 StatusCode::OK,
                 &[
-                    ("content-type", "application/vnd.oci.image.manifest.v1+json".into()),
+                    (
+                        "content-type",
+                        "application/vnd.oci.image.manifest.v1+json".into(),
+                    ),
                     ("docker-content-digest", digest),
                     ("ratelimit-limit", "100;w=21600".into()),
                     ("ratelimit-remaining", "99;w=21600".into()),
@@ -224,19 +244,30 @@ async fn registry(State(hub): State<Hub>, req: Request) -> Response {
             None => registry_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", &[]),
         };
     }
-    let hex = reference.strip_prefix("sha256:").unwrap_or_default().to_owned();
+    let hex = reference
+        .strip_prefix("sha256:")
+        .unwrap_or_default()
+        .to_owned();
     if !hub.lock().blobs.contains_key(&reference) {
         return registry_error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", &[]);
     }
     if req.uri().query() == Some("relative=1") {
-        return respond(StatusCode::TEMPORARY_REDIRECT, &[("location", format!("/direct/{hex}"))], "");
+        return respond(
+            StatusCode::TEMPORARY_REDIRECT,
+            &[("location", format!("/direct/{hex}"))],
+            "",
+        );
     }
     let location = format!(
         "{}/registry-v2/docker/registry/v2/blobs/sha256/{}/{hex}/data?verify=1",
         hub.url(CDN),
         &hex[..2]
     );
-    respond(StatusCode::TEMPORARY_REDIRECT, &[("location", location)], "")
+    respond(
+        StatusCode::TEMPORARY_REDIRECT,
+        &[("location", location)],
+        "",
+    )
 }
 
 /// `library/nginx` from `/v2/library/nginx/manifests/latest`.
@@ -287,11 +318,21 @@ async fn cdn(State(hub): State<Hub>, req: Request) -> Response {
     if path == "/loop" {
         return respond(StatusCode::FOUND, &[("location", "/loop".into())], "");
     }
-    let Some(hex) = path.strip_suffix("/data").and_then(|p| p.rsplit('/').next()) else {
+    let Some(hex) = path
+        .strip_suffix("/data")
+        .and_then(|p| p.rsplit('/').next())
+    else {
         return respond(StatusCode::NOT_FOUND, &[], "");
     };
-    let location = format!("{}/{hex}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=abc", hub.url(STORAGE));
-    respond(StatusCode::TEMPORARY_REDIRECT, &[("location", location)], "")
+    let location = format!(
+        "{}/{hex}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=abc",
+        hub.url(STORAGE)
+    );
+    respond(
+        StatusCode::TEMPORARY_REDIRECT,
+        &[("location", location)],
+        "",
+    )
 }
 
 async fn storage(State(hub): State<Hub>, req: Request) -> Response {
@@ -306,14 +347,25 @@ async fn storage(State(hub): State<Hub>, req: Request) -> Response {
     let hex = req.uri().path().trim_start_matches('/').to_owned();
     let data = hub.lock().blobs.get(&format!("sha256:{hex}")).cloned();
     match data {
-        Some(d) => respond(StatusCode::OK, &[("content-type", "application/octet-stream".into())], d),
+        Some(d) => respond(
+            StatusCode::OK,
+            &[("content-type", "application/octet-stream".into())],
+            d,
+        ),
         None => respond(StatusCode::NOT_FOUND, &[], "").into_response(),
     }
 }
 
 /// A mirror client's view: the token the mirror's realm hands out for `scope`.
-pub async fn token_via(client: &reqwest::Client, realm: &str, scope: &str, basic: Option<(&str, &str)>) -> reqwest::Response {
-    let mut req = client.get(realm).query(&[("service", "registry.docker.io"), ("scope", scope)]);
+pub async fn token_via(
+    client: &reqwest::Client,
+    realm: &str,
+    scope: &str,
+    basic: Option<(&str, &str)>,
+) -> reqwest::Response {
+    let mut req = client
+        .get(realm)
+        .query(&[("service", "registry.docker.io"), ("scope", scope)]);
     if let Some((u, p)) = basic {
         req = req.basic_auth(u, Some(p));
     }

@@ -59,12 +59,21 @@ impl Mirror {
         let child = Command::new(env!("CARGO_BIN_EXE_pullthrough"))
             .arg("-c")
             .arg(&conf)
-            .env("RUST_LOG", std::env::var("MIRROR_LOG").unwrap_or_else(|_| "pullthrough=debug,pingora=warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("MIRROR_LOG")
+                    .unwrap_or_else(|_| "pullthrough=debug,pingora=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start pullthrough");
-        let mut mirror = Mirror { port, dir, child, log };
+        let mut mirror = Mirror {
+            port,
+            dir,
+            child,
+            log,
+        };
         mirror.wait_healthy();
         mirror
     }

@@ -128,7 +128,9 @@ impl Layout {
     pub fn write(dir: &Path, layer_sizes: &[usize]) -> Layout {
         std::fs::create_dir_all(dir.join("blobs/sha256")).expect("mkdir");
         std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("write");
-        let layout = Layout { dir: dir.to_owned() };
+        let layout = Layout {
+            dir: dir.to_owned(),
+        };
         let amd64 = layout.image("amd64", layer_sizes, 1);
         let arm64 = layout.image("arm64", &[4096], 1000);
         let index = serde_json::json!({
@@ -139,7 +141,10 @@ impl Layout {
                 {"mediaType": arm64.media_type, "digest": arm64.digest, "size": arm64.size, "platform": {"architecture": "arm64", "os": "linux"}},
             ]
         });
-        let index = layout.blob(serde_json::to_vec(&index).expect("json"), "application/vnd.oci.image.index.v1+json");
+        let index = layout.blob(
+            serde_json::to_vec(&index).expect("json"),
+            "application/vnd.oci.image.index.v1+json",
+        );
         let top = serde_json::json!({
             "schemaVersion": 2,
             "manifests": [
@@ -147,7 +152,11 @@ impl Layout {
                 {"mediaType": index.media_type, "digest": index.digest, "size": index.size, "annotations": {"org.opencontainers.image.ref.name": "multi"}},
             ]
         });
-        std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).expect("json")).expect("write");
+        std::fs::write(
+            dir.join("index.json"),
+            serde_json::to_vec(&top).expect("json"),
+        )
+        .expect("write");
         layout
     }
 
@@ -155,7 +164,11 @@ impl Layout {
         let digest = sha256(&data);
         let path = self.dir.join("blobs/sha256").join(&digest[7..]);
         std::fs::write(path, &data).expect("write blob");
-        Desc { media_type, digest, size: data.len() }
+        Desc {
+            media_type,
+            digest,
+            size: data.len(),
+        }
     }
 
     fn image(&self, arch: &str, layer_sizes: &[usize], seed: u64) -> Desc {
@@ -168,26 +181,36 @@ impl Layout {
             header.set_size(data.len() as u64);
             header.set_mode(0o644);
             header.set_cksum();
-            tar.append_data(&mut header, format!("layer{i}.bin"), data.as_slice()).expect("tar");
+            tar.append_data(&mut header, format!("layer{i}.bin"), data.as_slice())
+                .expect("tar");
             let tar = tar.into_inner().expect("tar");
             diff_ids.push(sha256(&tar));
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
             gz.write_all(&tar).expect("gzip");
-            layers.push(self.blob(gz.finish().expect("gzip"), "application/vnd.oci.image.layer.v1.tar+gzip"));
+            layers.push(self.blob(
+                gz.finish().expect("gzip"),
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            ));
         }
         let config = serde_json::json!({
             "architecture": arch, "os": "linux",
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
             "config": {}
         });
-        let config = self.blob(serde_json::to_vec(&config).expect("json"), "application/vnd.oci.image.config.v1+json");
+        let config = self.blob(
+            serde_json::to_vec(&config).expect("json"),
+            "application/vnd.oci.image.config.v1+json",
+        );
         let manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.size},
             "layers": layers.iter().map(|l| serde_json::json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
         });
-        self.blob(serde_json::to_vec(&manifest).expect("json"), "application/vnd.oci.image.manifest.v1+json")
+        self.blob(
+            serde_json::to_vec(&manifest).expect("json"),
+            "application/vnd.oci.image.manifest.v1+json",
+        )
     }
 
     /// Pushes `v1` and `multi` to `registry/repo`.
@@ -249,8 +272,11 @@ impl TokenServer {
             .self_signed(&key)
             .expect("cert");
         let x5c = base64::engine::general_purpose::STANDARD.encode(cert.der());
-        let encoding = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("ec key");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let encoding =
+            jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("ec key");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let requests = Arc::new(AtomicUsize::new(0));
 
@@ -260,7 +286,11 @@ impl TokenServer {
             x5c: String,
             requests: Arc<AtomicUsize>,
         }
-        let state = St { encoding, x5c, requests: requests.clone() };
+        let state = St {
+            encoding,
+            x5c,
+            requests: requests.clone(),
+        };
         async fn token(
             State(st): State<St>,
             headers: HeaderMap,
@@ -268,8 +298,12 @@ impl TokenServer {
         ) -> Result<axum::Json<serde_json::Value>, StatusCode> {
             st.requests.fetch_add(1, Ordering::SeqCst);
             if let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
-                let b64 = auth.strip_prefix("Basic ").ok_or(StatusCode::UNAUTHORIZED)?;
-                let decoded = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| StatusCode::UNAUTHORIZED)?;
+                let b64 = auth
+                    .strip_prefix("Basic ")
+                    .ok_or(StatusCode::UNAUTHORIZED)?;
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|_| StatusCode::UNAUTHORIZED)?;
                 if decoded != b"user:pass" {
                     return Err(StatusCode::UNAUTHORIZED);
                 }
@@ -284,7 +318,10 @@ impl TokenServer {
                     Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
                 })
                 .collect();
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_secs();
             let claims = serde_json::json!({
                 "iss": "test-issuer", "sub": "user", "aud": "test-registry",
                 "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{}", st.requests.load(Ordering::SeqCst)),
@@ -292,10 +329,15 @@ impl TokenServer {
             });
             let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
             header.x5c = Some(vec![st.x5c.clone()]);
-            let jwt = jsonwebtoken::encode(&header, &claims, &st.encoding).map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-            Ok(axum::Json(serde_json::json!({"token": jwt, "access_token": jwt, "expires_in": 300})))
+            let jwt = jsonwebtoken::encode(&header, &claims, &st.encoding)
+                .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+            Ok(axum::Json(
+                serde_json::json!({"token": jwt, "access_token": jwt, "expires_in": 300}),
+            ))
         }
-        let app = axum::Router::new().route("/token", axum::routing::get(token)).with_state(state);
+        let app = axum::Router::new()
+            .route("/token", axum::routing::get(token))
+            .with_state(state);
         tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
         TokenServer {
             auth: TokenAuth {
