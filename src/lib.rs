@@ -8,6 +8,7 @@
 //! - [`proxy`]: the Pingora `ProxyHttp` implementation.
 //! - [`server`]: the Pingora server built from a config.
 
+pub mod cache;
 pub mod config;
 pub mod proxy;
 pub mod redirect;

@@ -1,0 +1,1026 @@
+//! `DiskStorage`: pingora-cache `Storage` on a local directory, crash-safe and streamed.
+//!
+//! Layout under `cache.dir` (one version directory, so a future format can sit beside it):
+//!
+//! ```text
+//! v1/objects/<2 hex>/<key hash>.meta         sidecar: header + CacheMeta (the commit point)
+//! v1/objects/<2 hex>/<key hash>.<gen>.body   the body, named by a generation number
+//! v1/tmp/<key hash>.<pid>.<writer>.part      a fill in progress (process-unique)
+//! ```
+//!
+//! A fill streams into its `.part` file, hashing as bytes arrive. `finish` checks the digest
+//! the response promised, `sync_data`s, renames the body into place under a new generation,
+//! then writes and renames the sidecar that names that generation, and fsyncs the directory.
+//! Until the sidecar lands nothing new is visible; a crash leaves at worst an orphan body or
+//! part file, which `scan` removes. A sidecar whose body is missing or of the wrong length is a
+//! miss, and both files are deleted.
+//!
+//! While a fill runs, lookups get a hit that tails the part file (streaming partial writes,
+//! DESIGN.md section 3): every waiting client receives bytes as they arrive. A fill that is
+//! dropped unfinished or fails its digest check deletes its part file and cuts its readers.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use log::{debug, warn};
+use pingora::cache::eviction::CacheEntryKey;
+use pingora::cache::key::{CacheHashKey, CompactCacheKey};
+use pingora::cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType,
+};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheKey, CacheMeta, Storage};
+use pingora::prelude::*;
+use tokio::sync::watch;
+
+use super::verify::{ContentCheck, Verifier};
+
+/// Bytes read from disk per body chunk.
+const CHUNK: usize = 512 * 1024;
+const MAGIC: &[u8; 4] = b"PTC1";
+
+/// Counters the storage keeps (read by metrics and tests).
+#[derive(Debug, Default)]
+pub struct StorageStats {
+    pub digest_mismatches: AtomicU64,
+    pub corrupt_entries: AtomicU64,
+    pub fills_in_flight: AtomicU64,
+}
+
+/// Progress of a fill, watched by the hits that tail it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    Writing(u64),
+    Done(u64),
+    Failed,
+}
+
+/// A fill in progress, as lookups see it.
+struct Fill {
+    id: u64,
+    meta: (Vec<u8>, Vec<u8>),
+    part: Arc<File>,
+    progress: watch::Receiver<Progress>,
+}
+
+/// The disk cache storage.
+pub struct DiskStorage {
+    objects: PathBuf,
+    tmp: PathBuf,
+    fills: Mutex<HashMap<String, Fill>>,
+    next_id: AtomicU64,
+    pub stats: StorageStats,
+}
+
+/// One committed entry found by `scan`.
+pub struct ScannedEntry {
+    pub key: CompactCacheKey,
+    pub size: usize,
+}
+
+fn internal(context: &'static str, e: impl std::fmt::Display) -> Box<Error> {
+    Error::explain(InternalError, format!("{context}: {e}"))
+}
+
+/// Runs blocking file work on tokio's blocking pool, never on a worker thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| internal("disk task failed", e))
+}
+
+/// The sidecar: what the commit point records.
+struct Sidecar {
+    generation: u64,
+    body_len: u64,
+    key: CompactCacheKey,
+    meta: (Vec<u8>, Vec<u8>),
+}
+
+impl Sidecar {
+    fn encode(&self) -> Vec<u8> {
+        let tag = self.key.user_tag.as_bytes();
+        let mut out = Vec::with_capacity(64 + tag.len() + self.meta.0.len() + self.meta.1.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.generation.to_le_bytes());
+        out.extend_from_slice(&self.body_len.to_le_bytes());
+        out.extend_from_slice(&self.key.primary);
+        match &self.key.variance {
+            Some(v) => {
+                out.push(1);
+                out.extend_from_slice(v.as_ref());
+            }
+            None => out.push(0),
+        }
+        for part in [tag, &self.meta.0, &self.meta.1] {
+            out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    fn decode(buf: &[u8]) -> Option<Sidecar> {
+        let mut r = Reader { buf };
+        if r.take(4)? != MAGIC {
+            return None;
+        }
+        let generation = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
+        let body_len = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
+        let primary = r.take(16)?.try_into().ok()?;
+        let variance = match r.take(1)?[0] {
+            0 => None,
+            1 => Some(Box::new(r.take(16)?.try_into().ok()?)),
+            _ => return None,
+        };
+        let tag = std::str::from_utf8(r.chunk()?).ok()?.into();
+        let meta = (r.chunk()?.to_vec(), r.chunk()?.to_vec());
+        if !r.buf.is_empty() {
+            return None;
+        }
+        Some(Sidecar {
+            generation,
+            body_len,
+            key: CompactCacheKey {
+                primary,
+                variance,
+                user_tag: tag,
+            },
+            meta,
+        })
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.buf.len() < n {
+            return None;
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Some(head)
+    }
+
+    fn chunk(&mut self) -> Option<&'a [u8]> {
+        let len = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
+        self.take(len)
+    }
+}
+
+impl DiskStorage {
+    /// Opens (creating) the cache directory. Blocking: call at start, before serving.
+    pub fn open(dir: &Path) -> std::io::Result<DiskStorage> {
+        let root = dir.join("v1");
+        let objects = root.join("objects");
+        let tmp = root.join("tmp");
+        std::fs::create_dir_all(&objects)?;
+        std::fs::create_dir_all(&tmp)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(DiskStorage {
+            objects,
+            tmp,
+            fills: Mutex::new(HashMap::new()),
+            // Generations must not repeat across restarts: start from the clock.
+            next_id: AtomicU64::new(now.as_nanos() as u64),
+            stats: StorageStats::default(),
+        })
+    }
+
+    fn lock_fills(&self) -> std::sync::MutexGuard<'_, HashMap<String, Fill>> {
+        self.fills.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn dir_for(&self, hash: &str) -> PathBuf {
+        self.objects.join(&hash[..2])
+    }
+
+    fn meta_path(&self, hash: &str) -> PathBuf {
+        self.dir_for(hash).join(format!("{hash}.meta"))
+    }
+
+    fn body_path(&self, hash: &str, generation: u64) -> PathBuf {
+        self.dir_for(hash)
+            .join(format!("{hash}.{generation:016x}.body"))
+    }
+
+    /// Reads a committed entry; a damaged one is deleted and reported as absent.
+    fn read_committed(&self, hash: &str) -> Option<(Sidecar, File)> {
+        let meta_path = self.meta_path(hash);
+        let buf = std::fs::read(&meta_path).ok()?;
+        let damaged = |why: &str| {
+            warn!("cache entry {hash} is damaged ({why}): deleted");
+            self.stats.corrupt_entries.fetch_add(1, Ordering::Relaxed);
+            let _ = std::fs::remove_file(&meta_path);
+            self.remove_bodies(hash);
+        };
+        let Some(sidecar) = Sidecar::decode(&buf) else {
+            damaged("unreadable sidecar");
+            return None;
+        };
+        let body_path = self.body_path(hash, sidecar.generation);
+        let body = match File::open(&body_path) {
+            Ok(f) => f,
+            Err(_) => {
+                damaged("body missing");
+                return None;
+            }
+        };
+        match body.metadata() {
+            Ok(m) if m.len() == sidecar.body_len => Some((sidecar, body)),
+            _ => {
+                damaged("body length differs");
+                None
+            }
+        }
+    }
+
+    /// Removes every body generation of an entry whose sidecar is gone or unreadable.
+    fn remove_bodies(&self, hash: &str) {
+        let Ok(entries) = std::fs::read_dir(self.dir_for(hash)) else {
+            return;
+        };
+        let prefix = format!("{hash}.");
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&prefix) && name.ends_with(".body") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Every committed entry, for the eviction manager at start; removes what no sidecar names
+    /// and part files whose process is gone (a running upgrade peer's fills are kept).
+    pub fn scan(&self) -> std::io::Result<Vec<ScannedEntry>> {
+        let mut found = Vec::new();
+        for shard in std::fs::read_dir(&self.objects)? {
+            let shard = shard?.path();
+            let mut named = HashMap::new();
+            let mut bodies = Vec::new();
+            for entry in std::fs::read_dir(&shard)? {
+                let path = entry?.path();
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                if let Some(hash) = name.strip_suffix(".meta") {
+                    if let Some((sidecar, _)) = self.read_committed(hash) {
+                        named.insert(self.body_path(hash, sidecar.generation), ());
+                        found.push(ScannedEntry {
+                            key: sidecar.key,
+                            size: sidecar.body_len as usize,
+                        });
+                    }
+                } else if name.ends_with(".body") {
+                    bodies.push(path);
+                }
+            }
+            for body in bodies {
+                if !named.contains_key(&body) {
+                    debug!("removing orphan body {}", body.display());
+                    let _ = std::fs::remove_file(&body);
+                }
+            }
+        }
+        for entry in std::fs::read_dir(&self.tmp)? {
+            let path = entry?.path();
+            let pid = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.split('.').nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+            if !alive || pid == Some(std::process::id()) {
+                debug!("removing abandoned part file {}", path.display());
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        Ok(found)
+    }
+
+    fn partial_hit(fill: &Fill) -> Result<(CacheMeta, HitHandler)> {
+        let meta = CacheMeta::deserialize(&fill.meta.0, &fill.meta.1)?;
+        let hit = DiskHit::Partial {
+            file: fill.part.clone(),
+            progress: fill.progress.clone(),
+            pos: 0,
+        };
+        Ok((meta, Box::new(hit)))
+    }
+}
+
+/// A cache hit: a committed body, or a fill in progress that is tailed.
+enum DiskHit {
+    Complete {
+        file: Arc<File>,
+        len: u64,
+        pos: u64,
+        end: u64,
+    },
+    Partial {
+        file: Arc<File>,
+        progress: watch::Receiver<Progress>,
+        pos: u64,
+    },
+}
+
+async fn read_chunk(file: &Arc<File>, pos: u64, len: usize) -> Result<Bytes> {
+    let file = file.clone();
+    blocking(move || {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, pos).map(|_| Bytes::from(buf))
+    })
+    .await?
+    .map_err(|e| internal("cache read failed", e))
+}
+
+#[async_trait]
+impl HandleHit for DiskHit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        match self {
+            DiskHit::Complete { file, pos, end, .. } => {
+                if *pos >= *end {
+                    return Ok(None);
+                }
+                let n = CHUNK.min((*end - *pos) as usize);
+                let chunk = read_chunk(file, *pos, n).await?;
+                *pos += n as u64;
+                Ok(Some(chunk))
+            }
+            DiskHit::Partial {
+                file,
+                progress,
+                pos,
+            } => loop {
+                let state = *progress.borrow_and_update();
+                let available = match state {
+                    Progress::Failed => {
+                        return Error::e_explain(InternalError, "cache fill failed")
+                    }
+                    Progress::Done(n) if *pos >= n => return Ok(None),
+                    Progress::Done(n) | Progress::Writing(n) => n,
+                };
+                if available > *pos {
+                    let n = CHUNK.min((available - *pos) as usize);
+                    let chunk = read_chunk(file, *pos, n).await?;
+                    *pos += n as u64;
+                    return Ok(Some(chunk));
+                }
+                if progress.changed().await.is_err()
+                    && !matches!(*progress.borrow(), Progress::Done(_))
+                {
+                    return Error::e_explain(InternalError, "cache fill abandoned");
+                }
+            },
+        }
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _: &'static (dyn Storage + Sync),
+        _: &CacheKey,
+        _: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        matches!(self, DiskHit::Complete { .. })
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        match self {
+            DiskHit::Complete {
+                len,
+                pos,
+                end: stop,
+                ..
+            } => {
+                if start as u64 >= *len {
+                    return Error::e_explain(
+                        InternalError,
+                        format!("seek {start} past the end {len}"),
+                    );
+                }
+                *pos = start as u64;
+                *stop = end.map_or(*len, |e| (e as u64).min(*len));
+                Ok(())
+            }
+            DiskHit::Partial { .. } => {
+                Error::e_explain(InternalError, "cannot seek a fill in progress")
+            }
+        }
+    }
+
+    fn should_count_access(&self) -> bool {
+        matches!(self, DiskHit::Complete { .. })
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        match self {
+            DiskHit::Complete { len, .. } => *len as usize,
+            DiskHit::Partial { .. } => 0,
+        }
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+/// A fill: streams the body into a part file, then commits it.
+pub struct DiskMiss {
+    storage: &'static DiskStorage,
+    hash: String,
+    id: u64,
+    id_bytes: [u8; 8],
+    part_path: PathBuf,
+    /// Taken while a blocking write runs.
+    file: Option<File>,
+    verifier: Option<Verifier>,
+    written: u64,
+    key: CompactCacheKey,
+    meta: (Vec<u8>, Vec<u8>),
+    progress: watch::Sender<Progress>,
+    committed: bool,
+}
+
+impl DiskMiss {
+    fn fail(&mut self) {
+        self.progress.send_replace(Progress::Failed);
+        let mut fills = self.storage.lock_fills();
+        if fills.get(&self.hash).is_some_and(|f| f.id == self.id) {
+            fills.remove(&self.hash);
+        }
+    }
+}
+
+#[async_trait]
+impl HandleMiss for DiskMiss {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let (file, mut verifier) = match (self.file.take(), self.verifier.take()) {
+            (Some(f), Some(v)) => (f, v),
+            _ => return Error::e_explain(InternalError, "cache fill already failed"),
+        };
+        let offset = self.written;
+        let len = data.len() as u64;
+        let (file, verifier, result) = blocking(move || {
+            verifier.update(&data);
+            let r = file.write_all_at(&data, offset);
+            (file, verifier, r)
+        })
+        .await?;
+        if let Err(e) = result {
+            self.fail();
+            return Err(internal("cache write failed", e));
+        }
+        self.file = Some(file);
+        self.verifier = Some(verifier);
+        self.written += len;
+        self.progress.send_replace(Progress::Writing(self.written));
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        let (Some(file), Some(verifier)) = (self.file.take(), self.verifier.take()) else {
+            self.fail();
+            return Error::e_explain(InternalError, "cache fill already failed");
+        };
+        if let ContentCheck::Mismatch { expected, actual } = verifier.check(self.written) {
+            self.storage
+                .stats
+                .digest_mismatches
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(
+                "cache fill {} rejected: content is {actual}, expected {expected}",
+                self.hash
+            );
+            self.fail();
+            return Error::e_explain(
+                InternalError,
+                format!("content digest mismatch: expected {expected}"),
+            );
+        }
+        let storage = self.storage;
+        let (hash, part, generation) = (self.hash.clone(), self.part_path.clone(), self.id);
+        let sidecar = Sidecar {
+            generation,
+            body_len: self.written,
+            key: self.key.clone(),
+            meta: std::mem::take(&mut self.meta),
+        };
+        let commit = blocking(move || -> std::io::Result<()> {
+            file.sync_data()?;
+            let dir = storage.dir_for(&hash);
+            std::fs::create_dir_all(&dir)?;
+            let previous = std::fs::read(storage.meta_path(&hash))
+                .ok()
+                .and_then(|b| Sidecar::decode(&b));
+            std::fs::rename(&part, storage.body_path(&hash, generation))?;
+            let meta_tmp = storage.tmp.join(format!(
+                "{hash}.{}.{generation:016x}.meta",
+                std::process::id()
+            ));
+            let mut m = File::create(&meta_tmp)?;
+            m.write_all(&sidecar.encode())?;
+            m.sync_data()?;
+            std::fs::rename(&meta_tmp, storage.meta_path(&hash))?;
+            File::open(&dir)?.sync_all()?;
+            if let Some(old) = previous.filter(|p| p.generation != generation) {
+                let _ = std::fs::remove_file(storage.body_path(&hash, old.generation));
+            }
+            Ok(())
+        })
+        .await?;
+        if let Err(e) = commit {
+            self.fail();
+            return Err(internal("cache commit failed", e));
+        }
+        self.committed = true;
+        self.progress.send_replace(Progress::Done(self.written));
+        {
+            let mut fills = self.storage.lock_fills();
+            if fills.get(&self.hash).is_some_and(|f| f.id == self.id) {
+                fills.remove(&self.hash);
+            }
+        }
+        debug!(
+            "cache fill {} committed ({} bytes)",
+            self.hash, self.written
+        );
+        Ok(MissFinishType::Created(self.written as usize))
+    }
+
+    fn streaming_write_tag(&self) -> Option<&[u8]> {
+        Some(&self.id_bytes)
+    }
+}
+
+impl Drop for DiskMiss {
+    fn drop(&mut self) {
+        self.storage
+            .stats
+            .fills_in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+        if !self.committed {
+            self.fail();
+            // Unlinking is quick; readers that hold the file keep their bytes.
+            let _ = std::fs::remove_file(&self.part_path);
+            debug!(
+                "cache fill {} abandoned after {} bytes",
+                self.hash, self.written
+            );
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for DiskStorage {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let hash = key.combined();
+        if let Some(fill) = self.lock_fills().get(&hash) {
+            return Self::partial_hit(fill).map(Some);
+        }
+        let found = blocking(move || self.read_committed(&hash)).await?;
+        let Some((sidecar, file)) = found else {
+            return Ok(None);
+        };
+        let meta = match CacheMeta::deserialize(&sidecar.meta.0, &sidecar.meta.1) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!("cache entry {} has unreadable meta: {e}", key.combined());
+                return Ok(None);
+            }
+        };
+        let len = sidecar.body_len;
+        let hit = DiskHit::Complete {
+            file: Arc::new(file),
+            len,
+            pos: 0,
+            end: len,
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    async fn lookup_streaming_write(
+        &'static self,
+        key: &CacheKey,
+        tag: Option<&[u8]>,
+        trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(tag) = tag else {
+            return self.lookup(key, trace).await;
+        };
+        let hash = key.combined();
+        let fills = self.lock_fills();
+        match fills.get(&hash) {
+            Some(fill) if fill.id.to_le_bytes() == tag => Self::partial_hit(fill).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let hash = key.combined();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let part_path = self
+            .tmp
+            .join(format!("{hash}.{}.{id:016x}.part", std::process::id()));
+        let verifier = Verifier::for_meta(meta);
+        let serialized = meta.serialize()?;
+        let open_path = part_path.clone();
+        let (writer, reader) = blocking(move || -> std::io::Result<(File, File)> {
+            let w = File::options()
+                .write(true)
+                .create_new(true)
+                .open(&open_path)?;
+            let r = File::open(&open_path)?;
+            Ok((w, r))
+        })
+        .await?
+        .map_err(|e| internal("cannot create cache part file", e))?;
+        let (tx, rx) = watch::channel(Progress::Writing(0));
+        self.lock_fills().insert(
+            hash.clone(),
+            Fill {
+                id,
+                meta: serialized.clone(),
+                part: Arc::new(reader),
+                progress: rx,
+            },
+        );
+        self.stats.fills_in_flight.fetch_add(1, Ordering::Relaxed);
+        Ok(Box::new(DiskMiss {
+            storage: self,
+            hash,
+            id,
+            id_bytes: id.to_le_bytes(),
+            part_path,
+            file: Some(writer),
+            verifier: Some(verifier),
+            written: 0,
+            key: key.to_compact(),
+            meta: serialized,
+            progress: tx,
+            committed: false,
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _: PurgeType,
+        _: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        if matches!(target, PurgeTarget::Exact(CacheEntryKey::Identified { .. })) {
+            return Ok(PurgeOutcome::NotFound);
+        }
+        let hash = target.key().combined();
+        let removed = blocking(move || {
+            let sidecar = std::fs::read(self.meta_path(&hash))
+                .ok()
+                .and_then(|b| Sidecar::decode(&b));
+            let gone = std::fs::remove_file(self.meta_path(&hash)).is_ok();
+            if let Some(s) = sidecar {
+                let _ = std::fs::remove_file(self.body_path(&hash, s.generation));
+            }
+            gone
+        })
+        .await?;
+        Ok(if removed {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _: &SpanHandle,
+    ) -> Result<bool> {
+        let hash = key.combined();
+        let serialized = meta.serialize()?;
+        blocking(move || -> std::io::Result<bool> {
+            let Some((mut sidecar, _)) = self.read_committed(&hash) else {
+                return Ok(false);
+            };
+            sidecar.meta = serialized;
+            let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let tmp = self
+                .tmp
+                .join(format!("{hash}.{}.{n:016x}.meta", std::process::id()));
+            let mut f = File::create(&tmp)?;
+            f.write_all(&sidecar.encode())?;
+            f.sync_data()?;
+            std::fs::rename(&tmp, self.meta_path(&hash))?;
+            Ok(true)
+        })
+        .await?
+        .map_err(|e| internal("cache meta update failed", e))
+    }
+
+    fn support_streaming_partial_write(&self) -> bool {
+        true
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use pingora::http::ResponseHeader;
+    use sha2::Digest as _;
+
+    use super::*;
+
+    fn storage() -> (&'static DiskStorage, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        (
+            Box::leak(Box::new(DiskStorage::open(dir.path()).unwrap())),
+            dir,
+        )
+    }
+
+    fn meta(digest: Option<&str>) -> CacheMeta {
+        let mut h = ResponseHeader::build(200, None).unwrap();
+        if let Some(d) = digest {
+            h.insert_header(super::super::verify::DIGEST_HEADER, d)
+                .unwrap();
+        }
+        let now = SystemTime::now();
+        CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, h)
+    }
+
+    fn sha(data: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+    }
+
+    async fn read_all(hit: &mut HitHandler) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(b) = hit.read_body().await.unwrap() {
+            out.extend_from_slice(&b);
+        }
+        out
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in walk(dir) {
+            out.push(e.strip_prefix(dir).unwrap().display().to_string());
+        }
+        out.sort();
+        out
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    fn span() -> SpanHandle {
+        pingora::cache::trace::Span::inactive().handle()
+    }
+
+    #[tokio::test]
+    async fn write_finish_lookup_read_seek_purge() {
+        let (s, dir) = storage();
+        let key = CacheKey::new("blob-a", "docker");
+        let data: Vec<u8> = (0..2_000_000u32).map(|i| i as u8).collect();
+        assert!(s.lookup(&key, &span()).await.unwrap().is_none());
+        let mut miss = s
+            .get_miss_handler(&key, &meta(Some(&sha(&data))), &span())
+            .await
+            .unwrap();
+        for part in data.chunks(300_000) {
+            miss.write_body(Bytes::copy_from_slice(part), false)
+                .await
+                .unwrap();
+        }
+        assert!(matches!(
+            miss.finish().await.unwrap(),
+            MissFinishType::Created(2_000_000)
+        ));
+
+        let (m, mut hit) = s.lookup(&key, &span()).await.unwrap().unwrap();
+        assert_eq!(m.response_header().status, 200);
+        assert_eq!(read_all(&mut hit).await, data);
+        assert!(hit.can_seek());
+        hit.seek(1_000_000, Some(1_000_010)).unwrap();
+        assert_eq!(read_all(&mut hit).await, data[1_000_000..1_000_010]);
+        assert!(hit.seek(2_000_000, None).is_err());
+
+        // Rewriting the entry replaces the body generation; the old body file goes.
+        let mut again = s
+            .get_miss_handler(&key, &meta(None), &span())
+            .await
+            .unwrap();
+        again
+            .write_body(Bytes::from_static(b"v2"), true)
+            .await
+            .unwrap();
+        again.finish().await.unwrap();
+        let (_, mut hit) = s.lookup(&key, &span()).await.unwrap().unwrap();
+        assert_eq!(read_all(&mut hit).await, b"v2");
+        assert_eq!(
+            files(dir.path())
+                .iter()
+                .filter(|f| f.ends_with(".body"))
+                .count(),
+            1
+        );
+
+        let target = key.to_compact();
+        assert_eq!(
+            s.purge(
+                PurgeTarget::Active(&target),
+                PurgeType::Invalidation,
+                &span()
+            )
+            .await
+            .unwrap(),
+            PurgeOutcome::Purged(None)
+        );
+        assert!(s.lookup(&key, &span()).await.unwrap().is_none());
+        assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
+    }
+
+    #[tokio::test]
+    async fn dropped_or_poisoned_fills_leave_nothing() {
+        let (s, dir) = storage();
+        let key = CacheKey::new("blob-b", "docker");
+        let mut miss = s
+            .get_miss_handler(&key, &meta(None), &span())
+            .await
+            .unwrap();
+        miss.write_body(Bytes::from_static(b"partial"), false)
+            .await
+            .unwrap();
+        assert_eq!(
+            files(dir.path()).len(),
+            1,
+            "the part file exists while filling"
+        );
+        drop(miss);
+        assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
+        assert!(s.lookup(&key, &span()).await.unwrap().is_none());
+
+        let mut poisoned = s
+            .get_miss_handler(&key, &meta(Some(&sha(b"good"))), &span())
+            .await
+            .unwrap();
+        poisoned
+            .write_body(Bytes::from_static(b"evil"), true)
+            .await
+            .unwrap();
+        assert!(poisoned.finish().await.is_err());
+        assert_eq!(s.stats.digest_mismatches.load(Ordering::Relaxed), 1);
+        assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
+        assert!(s.lookup(&key, &span()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn corrupt_entries_are_misses_and_deleted() {
+        let (s, dir) = storage();
+        for (i, damage) in ["meta", "body"].into_iter().enumerate() {
+            let key = CacheKey::new(format!("k{i}"), "t");
+            let mut miss = s
+                .get_miss_handler(&key, &meta(None), &span())
+                .await
+                .unwrap();
+            miss.write_body(Bytes::from_static(b"hello"), true)
+                .await
+                .unwrap();
+            miss.finish().await.unwrap();
+            let target = walk(dir.path())
+                .into_iter()
+                .find(|p| p.to_string_lossy().ends_with(damage))
+                .unwrap();
+            std::fs::write(&target, b"junk").unwrap();
+            assert!(s.lookup(&key, &span()).await.unwrap().is_none(), "{damage}");
+            assert!(
+                files(dir.path()).is_empty(),
+                "{damage}: {:?}",
+                files(dir.path())
+            );
+        }
+        assert_eq!(s.stats.corrupt_entries.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn readers_tail_a_fill_in_progress() {
+        let (s, _dir) = storage();
+        let key = CacheKey::new("blob-c", "docker");
+        let mut miss = s
+            .get_miss_handler(&key, &meta(None), &span())
+            .await
+            .unwrap();
+        miss.write_body(Bytes::from_static(b"first "), false)
+            .await
+            .unwrap();
+        let (_, mut early) = s.lookup(&key, &span()).await.unwrap().unwrap();
+        assert!(!early.can_seek());
+        assert_eq!(early.read_body().await.unwrap().unwrap(), &b"first "[..]);
+        let tag = miss.streaming_write_tag().unwrap().to_vec();
+        let (_, mut own) = s
+            .lookup_streaming_write(&key, Some(&tag), &span())
+            .await
+            .unwrap()
+            .unwrap();
+        let reader = tokio::spawn(async move { read_all(&mut early).await });
+        miss.write_body(Bytes::from_static(b"second"), true)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+        assert_eq!(reader.await.unwrap(), b"second");
+        assert_eq!(read_all(&mut own).await, b"first second");
+
+        // A failed fill cuts its readers with an error.
+        let key = CacheKey::new("blob-d", "docker");
+        let mut miss = s
+            .get_miss_handler(&key, &meta(None), &span())
+            .await
+            .unwrap();
+        let (_, mut reader) = s.lookup(&key, &span()).await.unwrap().unwrap();
+        miss.write_body(Bytes::from_static(b"x"), false)
+            .await
+            .unwrap();
+        assert_eq!(reader.read_body().await.unwrap().unwrap(), &b"x"[..]);
+        let waiting = tokio::spawn(async move { reader.read_body().await });
+        drop(miss);
+        assert!(waiting.await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn scan_finds_entries_and_sweeps_leftovers() {
+        let (s, dir) = storage();
+        let key = CacheKey::new("blob-e", "docker");
+        let mut miss = s
+            .get_miss_handler(&key, &meta(None), &span())
+            .await
+            .unwrap();
+        miss.write_body(Bytes::from_static(b"kept"), true)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+        // What a crash leaves: an orphan body and a part file of a dead process.
+        let shard = walk(dir.path())
+            .into_iter()
+            .find(|p| p.to_string_lossy().ends_with(".meta"))
+            .unwrap();
+        std::fs::write(
+            shard.with_file_name("ffff.0000000000000001.body"),
+            b"orphan",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("v1/tmp/abcd.4000000000.1.part"), b"dead").unwrap();
+        let found = s.scan().unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].key, key.to_compact());
+        assert_eq!(found[0].size, 4);
+        assert_eq!(files(dir.path()).len(), 2, "{:?}", files(dir.path()));
+    }
+}
