@@ -23,5 +23,11 @@ fn main() -> ExitCode {
         println!("pullthrough: {path} is valid");
         return ExitCode::SUCCESS;
     }
-    pullthrough::server::build(config, Some(opt)).run_forever()
+    match pullthrough::server::build(config, Some(opt)) {
+        Ok(server) => server.run_forever(),
+        Err(e) => {
+            eprintln!("pullthrough: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

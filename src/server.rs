@@ -5,13 +5,21 @@ use std::sync::Arc;
 use pingora::prelude::*;
 use pingora::proxy::http_proxy_service;
 
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::proxy::realms::RealmBook;
 use crate::proxy::{Mirror, Shared};
 use crate::upstream::Resolver;
 
+/// Why the server cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot open cache directory {0}: {1}")]
+    Cache(String, std::io::Error),
+}
+
 /// Builds the server; `opt` carries Pingora's command-line flags (`-d`, `-u`, `-t`).
-pub fn build(config: Config, opt: Option<Opt>) -> Server {
+pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
     let Config {
         server: server_conf,
         listen,
@@ -19,9 +27,11 @@ pub fn build(config: Config, opt: Option<Opt>) -> Server {
         resolve,
         redirects,
         upstream,
-        cache: _,
+        cache: cache_config,
         public_scheme,
     } = config;
+    let cache = Cache::open(&cache_config)
+        .map_err(|e| BuildError::Cache(cache_config.dir.display().to_string(), e))?;
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
 
@@ -32,11 +42,12 @@ pub fn build(config: Config, opt: Option<Opt>) -> Server {
         redirects,
         upstream,
         public_scheme,
+        cache,
     });
     let mut service = http_proxy_service(&server.configuration, Mirror::new(shared));
     for addr in &listen {
         service.add_tcp(&addr.to_string());
     }
     server.add_service(service);
-    server
+    Ok(server)
 }

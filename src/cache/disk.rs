@@ -248,6 +248,13 @@ impl DiskStorage {
         }
     }
 
+    /// Removes a committed entry (blocking; start-up eviction).
+    pub fn remove_entry(&self, key: &CompactCacheKey) {
+        let hash = key.combined();
+        let _ = std::fs::remove_file(self.meta_path(&hash));
+        self.remove_bodies(&hash);
+    }
+
     /// Removes every body generation of an entry whose sidecar is gone or unreadable.
     fn remove_bodies(&self, hash: &str) {
         let Ok(entries) = std::fs::read_dir(self.dir_for(hash)) else {

@@ -20,6 +20,10 @@ pub struct RequestCtx {
     pub redirects_followed: u8,
     /// The registry error to answer with when proxying fails on purpose.
     pub failure: Option<RegistryError>,
+    /// This attempt refreshes a stale tag with a HEAD (no Docker Hub pull quota).
+    pub tag_check: bool,
+    /// The tag changed upstream: fetch it with a GET.
+    pub tag_changed: bool,
 }
 
 impl RequestCtx {
@@ -32,6 +36,16 @@ impl RequestCtx {
             hop: None,
             redirects_followed: 0,
             failure: None,
+            tag_check: false,
+            tag_changed: false,
+        }
+    }
+
+    /// The registry path, when the request is a registry API request.
+    pub fn registry_path(&self) -> Option<&crate::registry::V2Path> {
+        match &self.target {
+            Some(Target::Registry { path, .. }) => Some(path),
+            _ => None,
         }
     }
 

@@ -13,10 +13,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use http::header;
 use log::{debug, info, warn};
+use pingora::cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 
+use crate::cache::verify::DIGEST_HEADER;
+use crate::cache::{key, policy, Cache};
 use crate::config::{Scheme, UpstreamConfig};
 use crate::redirect::{is_redirect, RedirectPolicy};
 use crate::registry::auth::rewrite_challenge;
@@ -42,6 +45,7 @@ pub struct Shared {
     pub realms: RealmBook,
     pub upstream: UpstreamConfig,
     pub public_scheme: Option<Scheme>,
+    pub cache: Cache,
 }
 
 /// The mirror's proxy logic.
@@ -97,6 +101,58 @@ impl Mirror {
     }
 }
 
+impl Mirror {
+    /// The answer to a tag check (a HEAD for a stale tag): the same digest revalidates the
+    /// cached manifest (as a 304), a new one is fetched with a GET, and an upstream that fails
+    /// or limits us leaves the stale manifest to be served.
+    fn finish_tag_check(
+        &self,
+        session: &Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = resp.status.as_u16();
+        if status == 429 || status >= 500 {
+            warn!(
+                "route {}: tag check answered {status}: serving the cached manifest",
+                ctx.route_name()
+            );
+            return Err(Error::explain(HTTPStatus(status), "tag check failed upstream").into_up());
+        }
+        if status != 200 {
+            // 401, 404: the client sees the upstream's answer.
+            return Ok(());
+        }
+        let digest_of = |h: &ResponseHeader| {
+            h.headers
+                .get(DIGEST_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let cached = session
+            .cache
+            .maybe_cache_meta()
+            .and_then(|m| digest_of(m.response_header()));
+        let current = digest_of(resp);
+        if current.is_some() && current == cached {
+            debug!(
+                "route {}: tag unchanged upstream ({}): revalidated",
+                ctx.route_name(),
+                current.unwrap_or_default()
+            );
+            resp.set_status(304)?;
+            resp.remove_header(&header::CONTENT_LENGTH);
+            return Ok(());
+        }
+        debug!(
+            "route {}: tag changed upstream ({cached:?} -> {current:?}): fetching",
+            ctx.route_name()
+        );
+        ctx.tag_changed = true;
+        Err(redispatch("tag changed upstream".into()))
+    }
+}
+
 /// The Host the client used (HTTP/1 Host header, HTTP/2 :authority).
 fn client_host(req: &RequestHeader) -> Option<&str> {
     req.headers
@@ -110,6 +166,31 @@ fn fail(ctx: &mut RequestCtx, e: RegistryError) -> Box<Error> {
     let err = Error::explain(HTTPStatus(e.status), e.message.clone());
     ctx.failure = Some(e);
     err
+}
+
+/// What `X-Cache-Status` says for a cache phase.
+fn cache_status(phase: CachePhase) -> &'static str {
+    match phase {
+        CachePhase::Hit => "hit",
+        CachePhase::Miss | CachePhase::Expired => "miss",
+        CachePhase::Stale | CachePhase::StaleUpdating => "stale",
+        CachePhase::Revalidated => "revalidated",
+        CachePhase::RevalidatedNoCache(_) => "revalidated-nocache",
+        CachePhase::Disabled(_)
+        | CachePhase::Uninit
+        | CachePhase::Bypass
+        | CachePhase::CacheKey => "bypass",
+    }
+}
+
+/// Whether this attempt refreshes an entry the cache already holds.
+fn revalidating(session: &Session) -> bool {
+    session.cache.enabled()
+        && matches!(
+            session.cache.phase(),
+            CachePhase::Stale | CachePhase::StaleUpdating | CachePhase::Expired
+        )
+        && session.cache.maybe_cache_meta().is_some()
 }
 
 fn redispatch(why: String) -> Box<Error> {
@@ -170,6 +251,103 @@ impl ProxyHttp for Mirror {
         }
     }
 
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let cacheable = ctx.registry_path().is_some_and(|p| {
+            matches!(
+                p,
+                crate::registry::V2Path::Manifest { .. } | crate::registry::V2Path::Blob { .. }
+            )
+        });
+        if cacheable {
+            let c = &self.shared.cache;
+            session
+                .cache
+                .enable(c.storage, Some(c.eviction), None, Some(c.lock), None);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        let (Some(route), Some(path)) = (ctx.route.as_deref(), ctx.registry_path()) else {
+            return Err(Error::explain(
+                InternalError,
+                "cache key for a request without a route",
+            ));
+        };
+        let accept: Vec<&str> = session
+            .req_header()
+            .headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        key::cache_key(route, path, &accept)
+            .ok_or_else(|| Error::explain(InternalError, "request is not cacheable"))
+    }
+
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        // A HEAD that misses stays a HEAD upstream: caching it would fetch the whole body
+        // (pingora turns cached HEADs into GETs), and a manifest GET costs Docker Hub quota.
+        if session.req_header().method == http::Method::HEAD
+            && session.cache.enabled()
+            && !revalidating(session)
+        {
+            debug!(
+                "route {}: HEAD miss goes upstream uncached",
+                ctx.route_name()
+            );
+            session.cache.disable(NoCacheReason::Custom("HEAD miss"));
+        }
+        Ok(true)
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let status = resp.status.as_u16();
+        let Some(path) = ctx.registry_path().filter(|_| policy::admits(status)) else {
+            debug!("route {}: {status} not cached", ctx.route_name());
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache));
+        };
+        let ttl = &self.shared.cache.ttl;
+        let now = std::time::SystemTime::now();
+        let stale_if_error = ttl.stale_if_error(path).as_secs() as u32;
+        let meta = CacheMeta::new(
+            now + ttl.fresh_for(path),
+            now,
+            0,
+            stale_if_error,
+            resp.clone(),
+        );
+        debug!(
+            "route {}: {path} cached for {:?}",
+            ctx.route_name(),
+            ttl.fresh_for(path)
+        );
+        Ok(RespCacheable::Cacheable(meta))
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let phase = session.cache.phase();
+        resp.insert_header("X-Cache-Status", cache_status(phase))?;
+        if matches!(phase, CachePhase::Stale | CachePhase::StaleUpdating) {
+            resp.insert_header("Warning", "110 - \"Response is Stale\"")?;
+        }
+        Ok(())
+    }
+
     async fn upstream_peer(
         &self,
         _session: &mut Session,
@@ -203,7 +381,7 @@ impl ProxyHttp for Mirror {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -220,6 +398,22 @@ impl ProxyHttp for Mirror {
         if hop.kind == HopKind::Realm || hop.kind == HopKind::RealmDiscovery {
             upstream_request.set_method(http::Method::GET);
         }
+        let refreshing_tag = hop.kind == HopKind::Registry
+            && ctx.registry_path().is_some_and(policy::is_tag)
+            && revalidating(session);
+        // A stale tag is checked with a HEAD: it costs no Docker Hub pull quota, and the digest
+        // tells whether the cached manifest still holds (GET only when it changed).
+        ctx.tag_check = refreshing_tag && !ctx.tag_changed;
+        if refreshing_tag {
+            upstream_request.remove_header(&header::IF_NONE_MATCH);
+            upstream_request.remove_header(&header::IF_MODIFIED_SINCE);
+            let method = if ctx.tag_check {
+                http::Method::HEAD
+            } else {
+                http::Method::GET
+            };
+            upstream_request.set_method(method);
+        }
         Ok(())
     }
 
@@ -233,6 +427,24 @@ impl ProxyHttp for Mirror {
         let Some(hop) = ctx.hop.as_ref() else {
             return Ok(());
         };
+        if ctx.tag_check {
+            return self.finish_tag_check(session, resp, ctx);
+        }
+        if status == 200 && matches!(hop.kind, HopKind::Registry | HopKind::Redirect) {
+            // Content named by digest is stored under that digest, and checked against it.
+            let digest = match ctx.registry_path() {
+                Some(crate::registry::V2Path::Blob { digest, .. }) => Some(digest.to_string()),
+                Some(crate::registry::V2Path::Manifest { reference, .. })
+                    if reference.is_digest() =>
+                {
+                    Some(reference.to_string())
+                }
+                _ => None,
+            };
+            if let Some(d) = digest {
+                resp.insert_header(DIGEST_HEADER, d)?;
+            }
+        }
         match hop.kind {
             HopKind::Registry | HopKind::Redirect if is_redirect(status) => {
                 let Some(location) = resp

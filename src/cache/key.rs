@@ -1,0 +1,122 @@
+//! Cache keys: the upstream, the canonical repository name and the reference, so `nginx` and
+//! `library/nginx` share one entry and two registries never collide. A tag's entry also
+//! carries the normalised `Accept`, because a registry answers a tag by what the client
+//! accepts (a client asking for a Docker v2 manifest must never get an OCI index).
+
+use pingora::cache::CacheKey;
+
+use crate::registry::V2Path;
+use crate::routes::Route;
+
+/// Manifest media types a registry chooses between, in a fixed order.
+pub const MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    "application/vnd.docker.distribution.manifest.v1+json",
+];
+
+/// The manifest types an `Accept` header names, as a bit set in `MANIFEST_TYPES` order.
+/// `*/*`, parameters, case and order do not matter; types it does not know are ignored.
+pub fn accept_set(accept: &[&str]) -> u8 {
+    let mut set = 0u8;
+    for header in accept {
+        for item in header.split(',') {
+            let media = item.split(';').next().unwrap_or("").trim();
+            if media == "*/*" {
+                return u8::MAX;
+            }
+            if let Some(i) = MANIFEST_TYPES
+                .iter()
+                .position(|t| t.eq_ignore_ascii_case(media))
+            {
+                set |= 1 << i;
+            }
+        }
+    }
+    set
+}
+
+/// The cache key for a request, or `None` when it is not cached (tag lists, catalog, auth).
+pub fn cache_key(route: &Route, path: &V2Path, accept: &[&str]) -> Option<CacheKey> {
+    let primary = match path {
+        V2Path::Blob { name, digest } => format!("{}/{name}/blobs/{digest}", route.upstream),
+        V2Path::Manifest { name, reference } if reference.is_digest() => {
+            format!("{}/{name}/manifests/{reference}", route.upstream)
+        }
+        V2Path::Manifest { name, reference } => {
+            format!(
+                "{}/{name}/manifests/{reference}#accept={:02x}",
+                route.upstream,
+                accept_set(accept)
+            )
+        }
+        _ => return None,
+    };
+    Some(CacheKey::new(primary, route.name.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use pingora::cache::key::CacheHashKey;
+
+    use super::*;
+    use crate::upstream::Origin;
+
+    fn route(upstream: &str) -> Route {
+        Route {
+            name: "docker".into(),
+            registry: "docker.io".into(),
+            hosts: vec![],
+            upstream: Origin::parse(upstream).unwrap(),
+            docker_hub: true,
+        }
+    }
+
+    fn key(r: &Route, path: &str, accept: &[&str]) -> Option<String> {
+        cache_key(r, &path.parse().unwrap(), accept).map(|k| k.combined())
+    }
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn accept_normalisation() {
+        let oci = "application/vnd.oci.image.index.v1+json";
+        let v2 = "application/vnd.docker.distribution.manifest.v2+json";
+        assert_eq!(
+            accept_set(&[&format!("{v2}, {oci}")]),
+            accept_set(&[oci, &format!("{v2};q=0.9")])
+        );
+        assert_ne!(accept_set(&[v2]), accept_set(&[oci, v2]));
+        assert_eq!(accept_set(&["text/html"]), 0);
+        assert_eq!(accept_set(&["*/*"]), u8::MAX);
+        assert_eq!(accept_set(&[&oci.to_uppercase()]), accept_set(&[oci]));
+    }
+
+    #[test]
+    fn keys() {
+        let hub = route("https://registry-1.docker.io");
+        let other = route("https://quay.io");
+        let blob = format!("/v2/library/nginx/blobs/{D}");
+        assert!(key(&hub, &blob, &[]).is_some());
+        assert_ne!(
+            key(&hub, &blob, &[]),
+            key(&other, &blob, &[]),
+            "registries collide"
+        );
+        // Digests ignore Accept; tags vary on it.
+        let by_digest = format!("/v2/library/nginx/manifests/{D}");
+        assert_eq!(key(&hub, &by_digest, &["a"]), key(&hub, &by_digest, &[]));
+        let tag = "/v2/library/nginx/manifests/latest";
+        let v2 = "application/vnd.docker.distribution.manifest.v2+json";
+        assert_ne!(key(&hub, tag, &[v2]), key(&hub, tag, &[]));
+        assert_eq!(
+            key(&hub, tag, &[v2]),
+            key(&hub, tag, &[&format!("{v2}, text/plain")])
+        );
+        assert!(key(&hub, "/v2/library/nginx/tags/list", &[]).is_none());
+        assert!(key(&hub, "/v2/", &[]).is_none());
+    }
+}
