@@ -43,6 +43,7 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
         upstream,
         public_scheme,
         cache,
+        side: crate::upstream::SideClient::new(),
     });
     let mut service = http_proxy_service(&server.configuration, Mirror::new(shared));
     for addr in &listen {

@@ -18,8 +18,9 @@ use crate::config::CacheConfig;
 pub use disk::DiskStorage;
 pub use policy::TtlPolicy;
 
-/// LRU shards (pingora's sharded manager).
-const EVICTION_SHARDS: usize = 16;
+/// LRU shards. pingora evicts from a randomly chosen shard, which is only roughly LRU with
+/// few entries per shard; one shard keeps eviction exactly least-recently-used.
+const EVICTION_SHARDS: usize = 1;
 /// How long a waiting request trusts a fill's lock before fetching itself. With streaming
 /// partial writes the lock is released when the fill's headers arrive.
 const LOCK_AGE_TIMEOUT: Duration = Duration::from_secs(30);

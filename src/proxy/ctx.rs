@@ -20,10 +20,8 @@ pub struct RequestCtx {
     pub redirects_followed: u8,
     /// The registry error to answer with when proxying fails on purpose.
     pub failure: Option<RegistryError>,
-    /// This attempt refreshes a stale tag with a HEAD (no Docker Hub pull quota).
-    pub tag_check: bool,
-    /// The tag changed upstream: fetch it with a GET.
-    pub tag_changed: bool,
+    /// What the tag check decided, for `X-Cache-Status` (`revalidated`, `stale`).
+    pub cache_note: Option<&'static str>,
 }
 
 impl RequestCtx {
@@ -36,8 +34,7 @@ impl RequestCtx {
             hop: None,
             redirects_followed: 0,
             failure: None,
-            tag_check: false,
-            tag_changed: false,
+            cache_note: None,
         }
     }
 

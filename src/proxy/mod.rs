@@ -13,7 +13,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use http::header;
 use log::{debug, info, warn};
-use pingora::cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable};
+use pingora::cache::{
+    CacheKey, CacheMeta, CachePhase, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
+    Storage,
+};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
@@ -46,6 +49,7 @@ pub struct Shared {
     pub upstream: UpstreamConfig,
     pub public_scheme: Option<Scheme>,
     pub cache: Cache,
+    pub side: crate::upstream::SideClient,
 }
 
 /// The mirror's proxy logic.
@@ -102,54 +106,101 @@ impl Mirror {
 }
 
 impl Mirror {
-    /// The answer to a tag check (a HEAD for a stale tag): the same digest revalidates the
-    /// cached manifest (as a 304), a new one is fetched with a GET, and an upstream that fails
-    /// or limits us leaves the stale manifest to be served.
-    fn finish_tag_check(
+    /// Checks a stale tag with a HEAD carrying the client's credentials and `Accept` (no
+    /// Docker Hub pull quota): the same digest refreshes the entry, a new digest fetches it
+    /// (GET), and an upstream that fails or limits us leaves the stale manifest served.
+    async fn check_tag(
         &self,
         session: &Session,
-        resp: &mut ResponseHeader,
+        meta: &CacheMeta,
         ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        let status = resp.status.as_u16();
-        if status == 429 || status >= 500 {
-            warn!(
-                "route {}: tag check answered {status}: serving the cached manifest",
-                ctx.route_name()
-            );
-            return Err(Error::explain(HTTPStatus(status), "tag check failed upstream").into_up());
+    ) -> ForcedFreshness {
+        let (Some(route), Some(hop)) = (ctx.route.clone(), ctx.hop.as_ref()) else {
+            return ForcedFreshness::ForceExpired;
+        };
+        let req = session.req_header();
+        let mut headers = Vec::new();
+        for name in [header::AUTHORIZATION, header::ACCEPT] {
+            for value in req.headers.get_all(&name) {
+                headers.push((name.clone(), value));
+            }
         }
-        if status != 200 {
-            // 401, 404: the client sees the upstream's answer.
-            return Ok(());
-        }
+        let s = &self.shared;
+        let answer = s
+            .side
+            .head(
+                &s.resolver,
+                &s.upstream,
+                &route.upstream,
+                &hop.path_and_query,
+                &headers,
+            )
+            .await;
         let digest_of = |h: &ResponseHeader| {
             h.headers
                 .get(DIGEST_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let cached = session
-            .cache
-            .maybe_cache_meta()
-            .and_then(|m| digest_of(m.response_header()));
-        let current = digest_of(resp);
-        if current.is_some() && current == cached {
-            debug!(
-                "route {}: tag unchanged upstream ({}): revalidated",
-                ctx.route_name(),
-                current.unwrap_or_default()
-            );
-            resp.set_status(304)?;
-            resp.remove_header(&header::CONTENT_LENGTH);
-            return Ok(());
+        let status = answer.as_ref().map(|r| r.status.as_u16());
+        match answer {
+            Ok(resp)
+                if resp.status == 200
+                    && digest_of(&resp).is_some()
+                    && digest_of(&resp) == digest_of(meta.response_header()) =>
+            {
+                debug!(
+                    "route {}: tag unchanged upstream: revalidated by HEAD",
+                    route.name
+                );
+                let now = std::time::SystemTime::now();
+                let fresh = now + s.cache.ttl.tag_ttl;
+                let refreshed = CacheMeta::new(
+                    fresh,
+                    now,
+                    0,
+                    policy::STALE_IF_ERROR.as_secs() as u32,
+                    meta.response_header().clone(),
+                );
+                if let Err(e) = s
+                    .cache
+                    .storage
+                    .update_meta(
+                        session.cache.cache_key(),
+                        &refreshed,
+                        &pingora::cache::trace::Span::inactive().handle(),
+                    )
+                    .await
+                {
+                    warn!("route {}: cannot refresh cached tag: {e}", route.name);
+                }
+                ctx.cache_note = Some("revalidated");
+                ForcedFreshness::ForceFresh
+            }
+            Ok(resp) if resp.status == 429 || resp.status.is_server_error() => {
+                warn!(
+                    "route {}: tag check answered {}: serving the cached manifest",
+                    route.name, resp.status
+                );
+                ctx.cache_note = Some("stale");
+                ForcedFreshness::ForceFresh
+            }
+            Err(e) => {
+                warn!(
+                    "route {}: tag check failed ({e}): serving the cached manifest",
+                    route.name
+                );
+                ctx.cache_note = Some("stale");
+                ForcedFreshness::ForceFresh
+            }
+            Ok(_) => {
+                debug!(
+                    "route {}: tag check answered {status:?} with another digest: fetching",
+                    route.name
+                );
+                ForcedFreshness::ForceExpired
+            }
         }
-        debug!(
-            "route {}: tag changed upstream ({cached:?} -> {current:?}): fetching",
-            ctx.route_name()
-        );
-        ctx.tag_changed = true;
-        Err(redispatch("tag changed upstream".into()))
     }
 }
 
@@ -334,15 +385,33 @@ impl ProxyHttp for Mirror {
         Ok(RespCacheable::Cacheable(meta))
     }
 
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        _hit: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        if is_fresh || !ctx.registry_path().is_some_and(policy::is_tag) {
+            return Ok(None);
+        }
+        Ok(Some(self.check_tag(session, meta, ctx).await))
+    }
+
     async fn response_filter(
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         let phase = session.cache.phase();
-        resp.insert_header("X-Cache-Status", cache_status(phase))?;
-        if matches!(phase, CachePhase::Stale | CachePhase::StaleUpdating) {
+        let status = match (phase, ctx.cache_note) {
+            (CachePhase::Hit, Some(note)) => note,
+            (phase, _) => cache_status(phase),
+        };
+        resp.insert_header("X-Cache-Status", status)?;
+        if status == "stale" {
             resp.insert_header("Warning", "110 - \"Response is Stale\"")?;
         }
         Ok(())
@@ -381,7 +450,7 @@ impl ProxyHttp for Mirror {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -398,21 +467,10 @@ impl ProxyHttp for Mirror {
         if hop.kind == HopKind::Realm || hop.kind == HopKind::RealmDiscovery {
             upstream_request.set_method(http::Method::GET);
         }
-        let refreshing_tag = hop.kind == HopKind::Registry
-            && ctx.registry_path().is_some_and(policy::is_tag)
-            && revalidating(session);
-        // A stale tag is checked with a HEAD: it costs no Docker Hub pull quota, and the digest
-        // tells whether the cached manifest still holds (GET only when it changed).
-        ctx.tag_check = refreshing_tag && !ctx.tag_changed;
-        if refreshing_tag {
+        if hop.kind == HopKind::Registry && ctx.registry_path().is_some_and(policy::is_tag) {
+            // A tag is fetched whole: the check before already found it changed.
             upstream_request.remove_header(&header::IF_NONE_MATCH);
             upstream_request.remove_header(&header::IF_MODIFIED_SINCE);
-            let method = if ctx.tag_check {
-                http::Method::HEAD
-            } else {
-                http::Method::GET
-            };
-            upstream_request.set_method(method);
         }
         Ok(())
     }
@@ -427,9 +485,6 @@ impl ProxyHttp for Mirror {
         let Some(hop) = ctx.hop.as_ref() else {
             return Ok(());
         };
-        if ctx.tag_check {
-            return self.finish_tag_check(session, resp, ctx);
-        }
         if status == 200 && matches!(hop.kind, HopKind::Registry | HopKind::Redirect) {
             // Content named by digest is stored under that digest, and checked against it.
             let digest = match ctx.registry_path() {

@@ -2,6 +2,8 @@
 
 mod origin;
 mod resolver;
+mod side;
 
 pub use origin::{Origin, OriginError};
 pub use resolver::{Pin, ResolveError, Resolver};
+pub use side::{SideClient, SideError};

@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::Engine;
+use futures::StreamExt;
 
 pub const REGISTRY: &str = "registry-1.docker.io";
 pub const AUTH: &str = "auth.docker.io";
@@ -42,6 +43,12 @@ struct Inner {
     blobs: HashMap<String, Vec<u8>>,
     manifests: HashMap<(String, String), (String, Vec<u8>)>,
     ports: HashMap<&'static str, u16>,
+    /// The registry answers 503 to everything.
+    down: bool,
+    /// Wrong bytes served for a digest (a poisoned upstream).
+    poisoned: HashMap<String, Vec<u8>>,
+    /// Blobs whose second half waits for the gate to open.
+    gated: HashMap<String, Arc<tokio::sync::Semaphore>>,
 }
 
 /// The fake hub; cheap to clone, shared by its four servers.
@@ -125,6 +132,32 @@ impl Hub {
         Manifest { digest, body }
     }
 
+    /// Makes the registry answer 503 (or recover).
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+
+    /// Serves `wrong` where the blob `digest` should be.
+    pub fn poison(&self, digest: &str, wrong: Vec<u8>) {
+        self.lock().poisoned.insert(digest.to_owned(), wrong);
+    }
+
+    /// Storage sends the first half of `digest`, then waits until the returned gate gets a
+    /// permit.
+    pub fn gate(&self, digest: &str) -> Arc<tokio::sync::Semaphore> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        self.lock().gated.insert(digest.to_owned(), gate.clone());
+        gate
+    }
+
+    /// Requests a host saw whose path contains `part`.
+    pub fn count_path(&self, host: &str, part: &str) -> usize {
+        self.seen_by(host)
+            .iter()
+            .filter(|s| s.path_and_query.contains(part))
+            .count()
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.lock().seen.clone()
     }
@@ -186,6 +219,9 @@ fn granted(headers: &HeaderMap) -> Option<Vec<String>> {
 
 async fn registry(State(hub): State<Hub>, req: Request) -> Response {
     hub.record(REGISTRY, &req);
+    if hub.lock().down {
+        return registry_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", &[]);
+    }
     let path = req.uri().path().to_owned();
     let realm = format!("{}/token", hub.url(AUTH));
     let challenge = |scope: Option<&str>| {
@@ -345,14 +381,36 @@ async fn storage(State(hub): State<Hub>, req: Request) -> Response {
         );
     }
     let hex = req.uri().path().trim_start_matches('/').to_owned();
-    let data = hub.lock().blobs.get(&format!("sha256:{hex}")).cloned();
-    match data {
-        Some(d) => respond(
-            StatusCode::OK,
-            &[("content-type", "application/octet-stream".into())],
-            d,
-        ),
-        None => respond(StatusCode::NOT_FOUND, &[], "").into_response(),
+    let digest = format!("sha256:{hex}");
+    let (data, gate) = {
+        let inner = hub.lock();
+        let data = inner
+            .poisoned
+            .get(&digest)
+            .or_else(|| inner.blobs.get(&digest))
+            .cloned();
+        (data, inner.gated.get(&digest).cloned())
+    };
+    let Some(data) = data else {
+        return respond(StatusCode::NOT_FOUND, &[], "").into_response();
+    };
+    let headers = [
+        ("content-type", "application/octet-stream".to_owned()),
+        ("content-length", data.len().to_string()),
+    ];
+    match gate {
+        None => respond(StatusCode::OK, &headers, data),
+        Some(gate) => {
+            let data = bytes::Bytes::from(data);
+            let half = data.len() / 2;
+            let (first, second) = (data.slice(..half), data.slice(half..));
+            let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(first) })
+                .chain(futures::stream::once(async move {
+                    let _permit = gate.acquire().await;
+                    Ok(second)
+                }));
+            respond(StatusCode::OK, &headers, Body::from_stream(stream))
+        }
     }
 }
 

@@ -46,12 +46,18 @@ impl Mirror {
     }
 
     /// Starts the mirror with exactly this listen section in `yaml`; `port` is where to wait.
+    /// Without a `cache:` section in `yaml`, the cache lives in the mirror's own directory.
     pub fn start_on(port: u16, yaml: &str) -> Mirror {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().display();
+        let cache = if yaml.contains("\ncache:") || yaml.starts_with("cache:") {
+            String::new()
+        } else {
+            format!("cache: {{ dir: \"{d}/cache\" }}\n")
+        };
         let config = format!(
             "pingora: {{ threads: 2, pid_file: \"{d}/pid\", upgrade_sock: \"{d}/upgrade.sock\", grace_period_seconds: 1, graceful_shutdown_timeout_seconds: 1 }}\n\
-             cache: {{ dir: \"{d}/cache\" }}\n{yaml}"
+             {cache}{yaml}"
         );
         let conf = dir.path().join("pullthrough.yaml");
         std::fs::write(&conf, config).expect("write config");
@@ -110,6 +116,12 @@ impl Mirror {
             let _ = f.read_to_string(&mut s);
         }
         s
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn config_path(&self) -> PathBuf {

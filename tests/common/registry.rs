@@ -100,7 +100,7 @@ pub fn skopeo(args: &[&str]) -> Output {
 
 /// A deterministic pseudo-random byte stream (xorshift), so layers do not compress.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
+    let mut x = seed.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
         x ^= x << 13;

@@ -1,0 +1,407 @@
+//! The disk cache against the fake Docker Hub, proven by its request counters and by what is
+//! on disk: second pulls ask nothing, tags cost one HEAD after `tag_ttl`, stale tags are
+//! served when the upstream fails, concurrent cold requests cause one fetch and stream to
+//! everyone, poisoned bytes are never kept, restarts keep the cache, `max_size` evicts the
+//! least recently used, and a SIGKILL mid-fill leaves nothing that is ever served.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::hub::{self, Hub, CDN, REGISTRY, STORAGE};
+use common::registry::noise;
+use common::Mirror;
+
+const MIB: usize = 1 << 20;
+
+/// A mirror whose docker route is the hub, following storage redirects so blobs are cached.
+fn config(hub: &Hub, extra: &str) -> String {
+    format!(
+        "default_route: docker\nredirects: {{ follow: [\".docker.com\", \".cloudflarestorage.com\"], to_client: [] }}\n{extra}{}",
+        hub.mirror_config()
+    )
+}
+
+async fn token(c: &reqwest::Client, mirror: &Mirror, repo: &str) -> String {
+    let r = hub::token_via(
+        c,
+        &mirror.url("/v2/auth"),
+        &format!("repository:{repo}:pull"),
+        None,
+    )
+    .await;
+    let body: serde_json::Value = r.json().await.unwrap();
+    body["token"].as_str().unwrap().to_owned()
+}
+
+async fn get(c: &reqwest::Client, url: String, tok: &str) -> reqwest::Response {
+    c.get(url).bearer_auth(tok).send().await.unwrap()
+}
+
+fn status_of(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("x-cache-status")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Files under the cache's committed objects.
+fn committed(cache: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let objects = cache.join("v1/objects");
+    for shard in std::fs::read_dir(&objects).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            out.push(f.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_pull_asks_nothing_and_tags_cost_one_head() {
+    let hub = Hub::start().await;
+    let blob = hub.add_blob(noise(3 * MIB, 7));
+    let manifest = hub.add_manifest("library/app", "latest", &blob);
+    let mirror = Mirror::start(&config(&hub, "cache: { tag_ttl: 1s }\n"));
+    let c = common::client(&[], mirror.addr());
+    let tok = token(&c, &mirror, "library/app").await;
+    let urls = [
+        mirror.url("/v2/app/manifests/latest"),
+        mirror.url(&format!("/v2/app/manifests/{}", manifest.digest)),
+        mirror.url(&format!("/v2/library/app/blobs/{blob}")),
+    ];
+    for url in &urls {
+        let r = get(&c, url.clone(), &tok).await;
+        assert_eq!(
+            (r.status().as_u16(), status_of(&r)),
+            (200, "miss".into()),
+            "{url}"
+        );
+        r.bytes().await.unwrap();
+    }
+    let before = (hub.count(REGISTRY), hub.count(CDN), hub.count(STORAGE));
+    for url in &urls {
+        let r = get(&c, url.clone(), &tok).await;
+        assert_eq!(
+            (r.status().as_u16(), status_of(&r)),
+            (200, "hit".into()),
+            "{url}"
+        );
+        if url.contains("/blobs/") {
+            assert_eq!(common::sha256(&r.bytes().await.unwrap()), blob);
+        } else {
+            assert_eq!(
+                r.headers()["docker-content-digest"],
+                manifest.digest.as_str()
+            );
+            assert_eq!(r.bytes().await.unwrap(), manifest.body);
+        }
+    }
+    // nginx and library/nginx are one entry.
+    let r = get(&c, mirror.url("/v2/library/app/manifests/latest"), &tok).await;
+    assert_eq!(status_of(&r), "hit");
+    assert_eq!(
+        (hub.count(REGISTRY), hub.count(CDN), hub.count(STORAGE)),
+        before,
+        "a hit asked upstream"
+    );
+
+    // After tag_ttl: one HEAD, no GET, and the cached manifest is still served.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = get(&c, urls[0].clone(), &tok).await;
+    assert_eq!(
+        (r.status().as_u16(), status_of(&r)),
+        (200, "revalidated".into())
+    );
+    assert_eq!(r.bytes().await.unwrap(), manifest.body);
+    let asked: Vec<_> = hub.seen_by(REGISTRY).into_iter().skip(before.0).collect();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(
+        (asked[0].method.as_str(), asked[0].path_and_query.as_str()),
+        ("HEAD", "/v2/library/app/manifests/latest")
+    );
+    // Digests never revalidate.
+    let r = get(&c, urls[2].clone(), &tok).await;
+    assert_eq!(status_of(&r), "hit");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changed_tag_is_fetched_and_stale_tag_served_when_upstream_fails() {
+    let hub = Hub::start().await;
+    let blob = hub.add_blob(b"cfg".to_vec());
+    let first = hub.add_manifest("library/app", "v", &blob);
+    let mirror = Mirror::start(&config(&hub, "cache: { tag_ttl: 1s }\n"));
+    let c = common::client(&[], mirror.addr());
+    let tok = token(&c, &mirror, "library/app").await;
+    let url = mirror.url("/v2/app/manifests/v");
+    assert_eq!(
+        get(&c, url.clone(), &tok).await.bytes().await.unwrap(),
+        first.body
+    );
+
+    // The tag moves: HEAD sees a new digest, then one GET.
+    let other = hub.add_blob(b"other cfg".to_vec());
+    let second = hub.add_manifest("library/app", "v", &other);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = hub.count(REGISTRY);
+    let r = get(&c, url.clone(), &tok).await;
+    assert_eq!(r.headers()["docker-content-digest"], second.digest.as_str());
+    assert_eq!(r.bytes().await.unwrap(), second.body);
+    let asked: Vec<_> = hub
+        .seen_by(REGISTRY)
+        .into_iter()
+        .skip(before)
+        .map(|s| s.method)
+        .collect();
+    assert_eq!(asked, ["HEAD", "GET"]);
+
+    // Upstream down: the last good manifest, marked stale.
+    hub.set_down(true);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = get(&c, url.clone(), &tok).await;
+    assert_eq!((r.status().as_u16(), status_of(&r)), (200, "stale".into()));
+    assert!(r.headers().contains_key("warning"));
+    assert_eq!(r.bytes().await.unwrap(), second.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_cold_requests_one_fetch_streamed_to_all() {
+    let hub = Hub::start().await;
+    let data = noise(64 * MIB, 3);
+    let blob = hub.add_blob(data);
+    let gate = hub.gate(&blob);
+    let mirror = Mirror::start(&config(&hub, ""));
+    let c = common::client(&[], mirror.addr());
+    let tok = token(&c, &mirror, "library/big").await;
+    let url = mirror.url(&format!("/v2/library/big/blobs/{blob}"));
+
+    // Each client reports its first bytes; the upstream is held at half the blob meanwhile.
+    let (first_bytes, mut firsts) = tokio::sync::mpsc::channel::<()>(20);
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let (c, url, tok, first_bytes) = (c.clone(), url.clone(), tok.clone(), first_bytes.clone());
+        clients.push(tokio::spawn(async move {
+            use futures::StreamExt;
+            let r = get(&c, url, &tok).await;
+            assert_eq!(r.status(), 200);
+            let mut body = r.bytes_stream();
+            let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+            let mut reported = false;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.unwrap();
+                sha2::Digest::update(&mut hasher, &chunk);
+                if !reported && !chunk.is_empty() {
+                    reported = true;
+                    first_bytes.send(()).await.unwrap();
+                }
+            }
+            format!("sha256:{}", hex::encode(sha2::Digest::finalize(hasher)))
+        }));
+    }
+    // All 20 have bytes while the upstream has not finished: they are fed from the fill as it
+    // arrives, not after it ends. (Bounded wait; a mirror that buffers never gets here.)
+    for i in 0..20 {
+        let got = tokio::time::timeout(Duration::from_secs(60), firsts.recv()).await;
+        assert!(
+            matches!(got, Ok(Some(()))),
+            "client {i} got no bytes before the fill finished"
+        );
+    }
+    assert_eq!(hub.count(STORAGE), 1, "more than one upstream fetch");
+    gate.add_permits(100);
+    for task in clients {
+        assert_eq!(task.await.unwrap(), blob);
+    }
+    assert_eq!(hub.count(STORAGE), 1, "more than one upstream fetch");
+    assert_eq!(hub.count_path(REGISTRY, "/blobs/"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poisoned_upstream_leaves_nothing() {
+    let hub = Hub::start().await;
+    let blob = hub.add_blob(noise(2 * MIB, 11));
+    hub.poison(&blob, noise(2 * MIB, 12));
+    let mirror = Mirror::start(&config(&hub, ""));
+    let c = common::client(&[], mirror.addr());
+    let tok = token(&c, &mirror, "library/p").await;
+    let url = mirror.url(&format!("/v2/library/p/blobs/{blob}"));
+    let r = get(&c, url.clone(), &tok).await;
+    // The body started, so the connection is cut: the client never gets a complete body.
+    let outcome = r.bytes().await;
+    assert!(outcome.is_err() || common::sha256(&outcome.unwrap()) != blob);
+    let cache = mirror.dir.path().join("cache");
+    assert!(committed(&cache).is_empty(), "{:?}", committed(&cache));
+    // Not cached: the next request goes upstream again.
+    let _ = get(&c, url, &tok).await.bytes().await;
+    assert_eq!(hub.count(STORAGE), 2);
+    assert!(
+        mirror.log().contains("content is sha256:"),
+        "{}",
+        mirror.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn head_and_ranges_from_cache() {
+    let hub = Hub::start().await;
+    let data = noise(MIB, 5);
+    let blob = hub.add_blob(data.clone());
+    let mirror = Mirror::start(&config(&hub, ""));
+    let c = common::client(&[], mirror.addr());
+    let tok = token(&c, &mirror, "library/r").await;
+    let url = mirror.url(&format!("/v2/library/r/blobs/{blob}"));
+
+    // A Range request on a miss gets its range and fills the whole blob once. (Its own
+    // connection: pingora may close it after the fill, which continues past the response.)
+    let once = common::client(&[], mirror.addr());
+    let r = once
+        .get(&url)
+        .bearer_auth(&tok)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap(), &data[10..20]);
+    assert_eq!(hub.count(STORAGE), 1);
+
+    let r = c.head(&url).bearer_auth(&tok).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), status_of(&r)), (200, "hit".into()));
+    assert_eq!(r.headers()["content-length"], MIB.to_string().as_str());
+    assert_eq!(r.headers()["docker-content-digest"], blob.as_str());
+    assert!(r.bytes().await.unwrap().is_empty());
+
+    let r = c
+        .get(&url)
+        .bearer_auth(&tok)
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap(), &data[100..200]);
+    let r = c
+        .get(&url)
+        .bearer_auth(&tok)
+        .header("range", "bytes=0-9,20-29")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    let body = r.bytes().await.unwrap();
+    assert!(body.windows(10).any(|w| w == &data[20..30]));
+    assert_eq!(hub.count(STORAGE), 1, "a hit asked upstream");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_keeps_entries_and_max_size_evicts_lru() {
+    let hub = Hub::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let cache_cfg = format!(
+        "cache: {{ dir: \"{}\", max_size: 5MiB }}\n",
+        cache.path().display()
+    );
+    let blobs: Vec<String> = (0..4)
+        .map(|i| hub.add_blob(noise(2 * MIB, 100 + i)))
+        .collect();
+    let url = |m: &Mirror, b: &str| m.url(&format!("/v2/library/lru/blobs/{b}"));
+
+    let mirror = Mirror::start(&config(&hub, &cache_cfg));
+    let c = common::client(&[], mirror.addr());
+    let tok = token(&c, &mirror, "library/lru").await;
+    for b in &blobs[..2] {
+        get(&c, url(&mirror, b), &tok).await.bytes().await.unwrap();
+    }
+    drop(mirror);
+
+    // A new process finds both entries.
+    let mirror = Mirror::start(&config(&hub, &cache_cfg));
+    let c = common::client(&[], mirror.addr());
+    let fetched = hub.count(STORAGE);
+    for b in &blobs[..2] {
+        let r = get(&c, url(&mirror, b), &tok).await;
+        assert_eq!(status_of(&r), "hit");
+        assert_eq!(common::sha256(&r.bytes().await.unwrap()), *b);
+    }
+    assert_eq!(hub.count(STORAGE), fetched);
+
+    // 4 x 2 MiB into 5 MiB: blob 0 was used before blob 1, so it goes first.
+    get(&c, url(&mirror, &blobs[1]), &tok)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    for b in &blobs[2..] {
+        get(&c, url(&mirror, b), &tok).await.bytes().await.unwrap();
+    }
+    // Eviction purges asynchronously: wait (bounded) until blob 0's files are gone.
+    for _ in 0..100 {
+        if committed(cache.path()).len() <= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = get(&c, url(&mirror, &blobs[3]), &tok).await;
+    assert_eq!(status_of(&r), "hit");
+    let r = get(&c, url(&mirror, &blobs[0]), &tok).await;
+    assert_eq!(
+        status_of(&r),
+        "miss",
+        "the least recently used entry was kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_mid_fill_leaves_nothing_served() {
+    let hub = Hub::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let cache_cfg = format!("cache: {{ dir: \"{}\" }}\n", cache.path().display());
+    let data = noise(8 * MIB, 21);
+    let blob = hub.add_blob(data);
+    let gate = hub.gate(&blob);
+
+    let mut mirror = Mirror::start(&config(&hub, &cache_cfg));
+    let c = common::client(&[], mirror.addr());
+    let tok = token(&c, &mirror, "library/k").await;
+    let url = mirror.url(&format!("/v2/library/k/blobs/{blob}"));
+    let pending = tokio::spawn({
+        let (c, url, tok) = (c.clone(), url.clone(), tok.clone());
+        async move {
+            c.get(url)
+                .bearer_auth(tok)
+                .send()
+                .await
+                .map(|r| r.bytes_stream())
+        }
+    });
+    // Wait (bounded) until the fill has a part file on disk, then kill the process.
+    let part_dir = cache.path().join("v1/tmp");
+    for _ in 0..200 {
+        if std::fs::read_dir(&part_dir).map(|d| d.count()).unwrap_or(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        std::fs::read_dir(&part_dir).unwrap().count() > 0,
+        "no fill in progress"
+    );
+    mirror.kill();
+    let _ = pending.await;
+    gate.add_permits(100);
+    assert!(
+        committed(cache.path()).is_empty(),
+        "{:?}",
+        committed(cache.path())
+    );
+
+    // The next process removes the dead fill and fetches afresh, correctly.
+    let mirror = Mirror::start(&config(&hub, &cache_cfg));
+    assert_eq!(std::fs::read_dir(&part_dir).unwrap().count(), 0);
+    let c = common::client(&[], mirror.addr());
+    let r = get(&c, mirror.url(&format!("/v2/library/k/blobs/{blob}")), &tok).await;
+    assert_eq!(status_of(&r), "miss");
+    assert_eq!(common::sha256(&r.bytes().await.unwrap()), blob);
+    assert_eq!(hub.count(STORAGE), 2);
+}
