@@ -33,7 +33,7 @@ impl Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let mut config = format!(
-            "version: 0.1\nlog: {{ level: warn }}\nstorage: {{ filesystem: {{ rootdirectory: {} }} }}\nhttp: {{ addr: 127.0.0.1:{port} }}\n",
+            "version: 0.1\nlog: {{ level: info, formatter: text }}\nstorage: {{ filesystem: {{ rootdirectory: {} }} }}\nhttp: {{ addr: 127.0.0.1:{port} }}\n",
             dir.path().join("data").display()
         );
         if let Some(a) = auth {
@@ -70,6 +70,21 @@ impl Registry {
 
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// How many completed requests distribution logged with this method and a URI containing
+    /// `part` (its access lines: `http.request.method=GET ... http.request.uri=...`).
+    pub fn requests(&self, method: &str, part: &str) -> usize {
+        let log = std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("response completed"))
+            .filter(|l| l.contains(&format!("http.request.method={method} ")))
+            .filter(|l| {
+                l.split("http.request.uri=")
+                    .nth(1)
+                    .is_some_and(|u| u.split(' ').next().unwrap_or("").contains(part))
+            })
+            .count()
     }
 }
 
