@@ -326,6 +326,7 @@ impl DiskStorage {
             file: fill.part.clone(),
             progress: fill.progress.clone(),
             pos: 0,
+            end: None,
         };
         Ok((meta, Box::new(hit)))
     }
@@ -343,6 +344,8 @@ enum DiskHit {
         file: Arc<File>,
         progress: watch::Receiver<Progress>,
         pos: u64,
+        /// Where a range ends (exclusive); `None` reads to the end of the fill.
+        end: Option<u64>,
     },
 }
 
@@ -373,15 +376,20 @@ impl HandleHit for DiskHit {
                 file,
                 progress,
                 pos,
+                end,
             } => loop {
                 let state = *progress.borrow_and_update();
+                let stop = |n: u64| end.map_or(n, |e| e.min(n));
                 let available = match state {
                     Progress::Failed => {
                         return Error::e_explain(InternalError, "cache fill failed")
                     }
-                    Progress::Done(n) if *pos >= n => return Ok(None),
-                    Progress::Done(n) | Progress::Writing(n) => n,
+                    Progress::Done(n) if *pos >= stop(n) => return Ok(None),
+                    Progress::Done(n) | Progress::Writing(n) => stop(n),
                 };
+                if end.is_some_and(|e| *pos >= e) {
+                    return Ok(None);
+                }
                 if available > *pos {
                     let n = CHUNK.min((available - *pos) as usize);
                     let chunk = read_chunk(file, *pos, n).await?;
@@ -407,7 +415,8 @@ impl HandleHit for DiskHit {
     }
 
     fn can_seek(&self) -> bool {
-        matches!(self, DiskHit::Complete { .. })
+        // A fill in progress seeks too: reads wait for the range's bytes to arrive.
+        true
     }
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
@@ -428,8 +437,10 @@ impl HandleHit for DiskHit {
                 *stop = end.map_or(*len, |e| (e as u64).min(*len));
                 Ok(())
             }
-            DiskHit::Partial { .. } => {
-                Error::e_explain(InternalError, "cannot seek a fill in progress")
+            DiskHit::Partial { pos, end: stop, .. } => {
+                *pos = start as u64;
+                *stop = end.map(|e| e as u64);
+                Ok(())
             }
         }
     }
@@ -968,8 +979,9 @@ mod tests {
         miss.write_body(Bytes::from_static(b"first "), false)
             .await
             .unwrap();
+        let (_, mut ranged) = s.lookup(&key, &span()).await.unwrap().unwrap();
+        ranged.seek(3, Some(9)).unwrap();
         let (_, mut early) = s.lookup(&key, &span()).await.unwrap().unwrap();
-        assert!(!early.can_seek());
         assert_eq!(early.read_body().await.unwrap().unwrap(), &b"first "[..]);
         let tag = miss.streaming_write_tag().unwrap().to_vec();
         let (_, mut own) = s
@@ -984,6 +996,7 @@ mod tests {
         miss.finish().await.unwrap();
         assert_eq!(reader.await.unwrap(), b"second");
         assert_eq!(read_all(&mut own).await, b"first second");
+        assert_eq!(read_all(&mut ranged).await, b"st sec");
 
         // A failed fill cuts its readers with an error.
         let key = CacheKey::new("blob-d", "docker");

@@ -2,6 +2,7 @@
 //! (`verify`), keys (`key`), lifetimes (`policy`), and `Cache`, the pieces pingora-cache
 //! wants as `'static`, built once at start.
 
+pub mod access;
 pub mod disk;
 pub mod key;
 pub mod policy;
@@ -31,6 +32,8 @@ pub struct Cache {
     pub eviction: &'static Manager<EVICTION_SHARDS>,
     pub lock: &'static CacheKeyLockImpl,
     pub ttl: TtlPolicy,
+    /// Who may read content filled with credentials.
+    pub access: access::AccessBook,
 }
 
 impl Cache {
@@ -68,6 +71,7 @@ impl Cache {
             ttl: TtlPolicy {
                 tag_ttl: config.tag_ttl,
             },
+            access: access::AccessBook::default(),
         })
     }
 }

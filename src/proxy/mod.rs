@@ -1,6 +1,7 @@
 //! The Pingora `ProxyHttp` implementation. Each hook reads the request context, calls one
 //! pure decision (`plan`, `hops`, `registry::auth`) and acts on the answer.
 
+mod access;
 pub mod ctx;
 pub mod hops;
 pub mod plan;
@@ -21,6 +22,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 
+use crate::cache::access::PRIVATE_MARK;
 use crate::cache::verify::DIGEST_HEADER;
 use crate::cache::{key, policy, Cache};
 use crate::config::{Scheme, UpstreamConfig};
@@ -358,7 +360,7 @@ impl ProxyHttp for Mirror {
 
     fn response_cache_filter(
         &self,
-        _session: &Session,
+        session: &Session,
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
@@ -370,13 +372,16 @@ impl ProxyHttp for Mirror {
         let ttl = &self.shared.cache.ttl;
         let now = std::time::SystemTime::now();
         let stale_if_error = ttl.stale_if_error(path).as_secs() as u32;
-        let meta = CacheMeta::new(
-            now + ttl.fresh_for(path),
-            now,
-            0,
-            stale_if_error,
-            resp.clone(),
-        );
+        let mut stored = resp.clone();
+        if session
+            .req_header()
+            .headers
+            .contains_key(header::AUTHORIZATION)
+        {
+            stored.insert_header(PRIVATE_MARK, "1")?;
+            self.probe_in_background(ctx);
+        }
+        let meta = CacheMeta::new(now + ttl.fresh_for(path), now, 0, stale_if_error, stored);
         debug!(
             "route {}: {path} cached for {:?}",
             ctx.route_name(),
@@ -393,6 +398,11 @@ impl ProxyHttp for Mirror {
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
+        if meta.headers().contains_key(PRIVATE_MARK) && !self.may_read_private(session, ctx).await {
+            // The upstream decides: with the client's own (missing or refused) credentials
+            // the answer is its 401, relayed as the mirror's challenge.
+            return Ok(Some(ForcedFreshness::ForceMiss));
+        }
         if is_fresh || !ctx.registry_path().is_some_and(policy::is_tag) {
             return Ok(None);
         }
@@ -411,6 +421,7 @@ impl ProxyHttp for Mirror {
             (phase, _) => cache_status(phase),
         };
         resp.insert_header("X-Cache-Status", status)?;
+        resp.remove_header(PRIVATE_MARK);
         if status == "stale" {
             resp.insert_header("Warning", "110 - \"Response is Stale\"")?;
         }

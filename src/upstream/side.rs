@@ -1,6 +1,7 @@
 //! `SideClient`: requests the mirror makes on its own behalf (a HEAD to check a cached tag),
 //! over pingora-core's connector: the same HTTP and TLS stack as proxied requests.
 
+use http::header::HeaderName;
 use http::{HeaderValue, Method};
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -43,36 +44,81 @@ impl SideClient {
         timeouts: &UpstreamConfig,
         origin: &Origin,
         path: &str,
-        headers: &[(http::header::HeaderName, &HeaderValue)],
+        headers: &[(HeaderName, &HeaderValue)],
     ) -> Result<ResponseHeader, SideError> {
-        let http = |e: Box<pingora::Error>| SideError::Http(e.to_string());
+        // Not returned to the pool: side requests are rare (a stale tag, an access check).
+        let session = self
+            .send(resolver, timeouts, Method::HEAD, origin, path, headers)
+            .await?;
+        let resp = session.response_header().cloned();
+        resp.ok_or_else(|| SideError::Http("no response header".into()))
+    }
+
+    /// `GET origin+path`; returns the response header and at most `limit` bytes of body.
+    pub async fn get(
+        &self,
+        resolver: &Resolver,
+        timeouts: &UpstreamConfig,
+        origin: &Origin,
+        path: &str,
+        headers: &[(HeaderName, &HeaderValue)],
+        limit: usize,
+    ) -> Result<(ResponseHeader, Vec<u8>), SideError> {
+        let mut session = self
+            .send(resolver, timeouts, Method::GET, origin, path, headers)
+            .await?;
+        let resp = session
+            .response_header()
+            .cloned()
+            .ok_or_else(|| SideError::Http("no response header".into()))?;
+        let mut body = Vec::new();
+        while let Some(chunk) = session.read_response_body().await.map_err(http_error)? {
+            if body.len() + chunk.len() > limit {
+                return Err(SideError::Http(format!("response body over {limit} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((resp, body))
+    }
+
+    async fn send(
+        &self,
+        resolver: &Resolver,
+        timeouts: &UpstreamConfig,
+        method: Method,
+        origin: &Origin,
+        path: &str,
+        headers: &[(HeaderName, &HeaderValue)],
+    ) -> Result<pingora::protocols::http::client::HttpSession, SideError> {
         let addr = resolver.resolve(&origin.host, origin.port).await?;
         let mut peer = HttpPeer::new(addr, origin.tls, origin.sni().to_owned());
         peer.options.connection_timeout = Some(timeouts.connect_timeout);
         peer.options.total_connection_timeout = Some(timeouts.connect_timeout);
         peer.options.read_timeout = Some(timeouts.read_timeout);
         peer.options.write_timeout = Some(timeouts.read_timeout);
-        let (mut session, _reused) = self.connector.get_http_session(&peer).await.map_err(http)?;
-        let mut req = RequestHeader::build(Method::HEAD, path.as_bytes(), Some(headers.len() + 1))
-            .map_err(http)?;
+        let (mut session, _reused) = self
+            .connector
+            .get_http_session(&peer)
+            .await
+            .map_err(http_error)?;
+        let mut req = RequestHeader::build(method, path.as_bytes(), Some(headers.len() + 1))
+            .map_err(http_error)?;
         req.insert_header(http::header::HOST, origin.authority())
-            .map_err(http)?;
+            .map_err(http_error)?;
         for (name, value) in headers {
             req.append_header(name.clone(), (*value).clone())
-                .map_err(http)?;
+                .map_err(http_error)?;
         }
         session
             .write_request_header(Box::new(req))
             .await
-            .map_err(http)?;
-        session.finish_request_body().await.map_err(http)?;
-        session.read_response_header().await.map_err(http)?;
-        let resp = session
-            .response_header()
-            .cloned()
-            .ok_or_else(|| SideError::Http("no response header".into()))?;
-        // The connection is not returned to the pool: a HEAD is rare enough (once per stale
-        // tag) that the simplicity wins.
-        Ok(resp)
+            .map_err(http_error)?;
+        session.finish_request_body().await.map_err(http_error)?;
+        session.read_response_header().await.map_err(http_error)?;
+        Ok(session)
     }
+}
+
+fn http_error(e: Box<pingora::Error>) -> SideError {
+    SideError::Http(e.to_string())
 }

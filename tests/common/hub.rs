@@ -150,6 +150,32 @@ impl Hub {
         gate
     }
 
+    /// Requests a host saw with this method and a path containing `part`.
+    pub fn count_method(&self, host: &str, method: &str, part: &str) -> usize {
+        self.seen_by(host)
+            .iter()
+            .filter(|s| s.method == method && s.path_and_query.contains(part))
+            .count()
+    }
+
+    /// Waits (bounded: 5 s) until the mirror's background anonymous probe for `repo` has
+    /// been answered: the anonymous token request and the HEAD it then makes.
+    pub async fn wait_for_probe(&self, repo: &str) {
+        for _ in 0..250 {
+            let token = self.seen_by(AUTH).iter().any(|s| {
+                s.authorization.is_none() && s.path_and_query.contains(&repo.replace('/', "%2F"))
+            });
+            let head = self.count_method(REGISTRY, "HEAD", &format!("/v2/{repo}/")) > 0;
+            if token && head {
+                // Every upstream request of the probe is made; readers that arrive before its
+                // answer lands await the same verdict instead of probing again.
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("the mirror never probed {repo} anonymously");
+    }
+
     /// Requests a host saw whose path contains `part`.
     pub fn count_path(&self, host: &str, part: &str) -> usize {
         self.seen_by(host)

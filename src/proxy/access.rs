@@ -1,0 +1,224 @@
+//! Access checks for cached content filled with credentials (policy in `cache::access`): an
+//! anonymous probe decides whether a repository is public, and a HEAD with the reader's own
+//! credentials decides whether a private one may be served to them.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use log::{debug, warn};
+use pingora::proxy::Session;
+
+use super::{Mirror, RequestCtx, Shared};
+use crate::proxy::token::{TokenRequest, UpstreamRealm};
+use crate::registry::Challenge;
+use crate::routes::Route;
+
+/// Largest token response read from a realm.
+const TOKEN_LIMIT: usize = 64 * 1024;
+
+impl Mirror {
+    /// Whether this reader may be served a cached entry that was filled with credentials.
+    pub(super) async fn may_read_private(&self, session: &Session, ctx: &RequestCtx) -> bool {
+        let (Some(route), Some(repo), Some(target)) = (
+            ctx.route.as_deref(),
+            ctx.registry_path().and_then(|p| p.name()),
+            ctx.target.as_ref(),
+        ) else {
+            return false;
+        };
+        let path = target.registry_path_and_query();
+        let s = &self.shared;
+        let book = &s.cache.access;
+        let repo = repo.as_str();
+        let credential = session.req_header().headers.get(header::AUTHORIZATION);
+        if credential.is_some_and(|c| book.granted(&route.name, repo, c.as_bytes())) {
+            return true;
+        }
+        if s.repository_is_public(route, &path, repo).await {
+            return true;
+        }
+        let Some(credential) = credential else {
+            debug!(
+                "route {}: cached {repo} is private and the client sent no credentials",
+                route.name
+            );
+            return false;
+        };
+        let allowed = s.upstream_allows(route, &path, Some(credential)).await;
+        if allowed {
+            book.grant(&route.name, repo, credential.as_bytes());
+        }
+        debug!(
+            "route {}: upstream {} the client's credentials for {repo}",
+            route.name,
+            if allowed { "accepted" } else { "refused" }
+        );
+        allowed
+    }
+
+    /// Decides in the background whether a repository just filled with credentials is public,
+    /// so the next reader need not wait for (or cause) the probe.
+    pub(super) fn probe_in_background(&self, ctx: &RequestCtx) {
+        let (Some(route), Some(repo), Some(target)) = (
+            ctx.route.clone(),
+            ctx.registry_path().and_then(|p| p.name()),
+            ctx.target.as_ref(),
+        ) else {
+            return;
+        };
+        if self
+            .shared
+            .cache
+            .access
+            .is_public(&route.name, repo.as_str())
+            .is_some()
+        {
+            return;
+        }
+        let (shared, repo, path) = (
+            self.shared.clone(),
+            repo.to_string(),
+            target.registry_path_and_query(),
+        );
+        tokio::spawn(async move {
+            shared.repository_is_public(&route, &path, &repo).await;
+        });
+    }
+}
+
+impl Shared {
+    /// Whether anyone may read the repository; probed once per `VERDICT_TTL`, however many
+    /// readers ask at once.
+    async fn repository_is_public(self: &Arc<Self>, route: &Route, path: &str, repo: &str) -> bool {
+        let verdict = self.cache.access.verdict(&route.name, repo);
+        *verdict
+            .get_or_init(|| async {
+                let public = self.probe_anonymously(route, path, repo).await;
+                debug!(
+                    "route {}: {repo} is {}",
+                    route.name,
+                    if public { "public" } else { "private" }
+                );
+                public
+            })
+            .await
+    }
+
+    /// Whether the upstream answers `path` (a HEAD) with these credentials: any answer below
+    /// 400 counts (a blob HEAD may redirect to storage).
+    async fn upstream_allows(
+        &self,
+        route: &Route,
+        path: &str,
+        credential: Option<&HeaderValue>,
+    ) -> bool {
+        let headers: Vec<_> = credential
+            .map(|c| (header::AUTHORIZATION, c))
+            .into_iter()
+            .collect();
+        match self
+            .side
+            .head(
+                &self.resolver,
+                &self.upstream,
+                &route.upstream,
+                path,
+                &headers,
+            )
+            .await
+        {
+            Ok(resp) => resp.status.as_u16() < 400,
+            Err(e) => {
+                warn!("route {}: access check failed: {e}", route.name);
+                false
+            }
+        }
+    }
+
+    /// A HEAD without credentials, or with an anonymous token from the upstream's realm.
+    async fn probe_anonymously(&self, route: &Route, path: &str, repo: &str) -> bool {
+        let realm = match self.realms.get(&route.name) {
+            Some(r) => r,
+            None => {
+                // Learn it (or find the registry needs no token at all).
+                let Ok(resp) = self
+                    .side
+                    .head(&self.resolver, &self.upstream, &route.upstream, path, &[])
+                    .await
+                else {
+                    return false;
+                };
+                if resp.status.as_u16() < 400 {
+                    return true;
+                }
+                let challenge = resp
+                    .headers
+                    .get(header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| Challenge::parse(v).ok());
+                let Some(realm) = challenge.as_ref().and_then(UpstreamRealm::from_challenge) else {
+                    return false;
+                };
+                self.realms.learn(&route.name, realm.clone());
+                Arc::new(realm)
+            }
+        };
+        let request = TokenRequest {
+            scopes: vec![format!("repository:{repo}:pull")],
+            ..TokenRequest::default()
+        };
+        let url = request.realm_url(&realm);
+        let Ok(origin) = crate::upstream::Origin::of(&url) else {
+            return false;
+        };
+        let path_and_query = &url[url::Position::BeforePath..url::Position::AfterQuery];
+        let token = match self
+            .side
+            .get(
+                &self.resolver,
+                &self.upstream,
+                &origin,
+                path_and_query,
+                &[],
+                TOKEN_LIMIT,
+            )
+            .await
+        {
+            Ok((resp, body)) if resp.status == 200 => anonymous_token(&body),
+            Ok(_) => None,
+            Err(e) => {
+                warn!("route {}: anonymous token request failed: {e}", route.name);
+                None
+            }
+        };
+        let Some(bearer) = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
+        else {
+            return false;
+        };
+        self.upstream_allows(route, path, Some(&bearer)).await
+    }
+}
+
+/// The token of a realm's JSON answer (`token`, or OAuth2's `access_token`).
+fn anonymous_token(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let token = v.get("token").or_else(|| v.get("access_token"))?.as_str()?;
+    (!token.is_empty()).then(|| token.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_answers() {
+        assert_eq!(
+            super::anonymous_token(br#"{"token":"abc","expires_in":300}"#).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            super::anonymous_token(br#"{"access_token":"x"}"#).as_deref(),
+            Some("x")
+        );
+        assert_eq!(super::anonymous_token(br#"{"token":""}"#), None);
+        assert_eq!(super::anonymous_token(b"<html>"), None);
+    }
+}

@@ -1,0 +1,112 @@
+//! Private content stays private: what the upstream served only with credentials is served
+//! from cache only to clients whose own credentials the upstream accepts for that
+//! repository; public content is served to anyone.
+
+mod common;
+
+use common::hub::{self, Hub, PASSWORD, PRIVATE_REPO, REGISTRY, STORAGE, USER};
+use common::registry::noise;
+use common::Mirror;
+
+fn config(hub: &Hub) -> String {
+    format!(
+        "default_route: docker\nredirects: {{ follow: [\".docker.com\", \".cloudflarestorage.com\"], to_client: [] }}\n{}",
+        hub.mirror_config()
+    )
+}
+
+async fn token(
+    c: &reqwest::Client,
+    mirror: &Mirror,
+    repo: &str,
+    basic: Option<(&str, &str)>,
+) -> String {
+    let r = hub::token_via(
+        c,
+        &mirror.url("/v2/auth"),
+        &format!("repository:{repo}:pull"),
+        basic,
+    )
+    .await;
+    let body: serde_json::Value = r.json().await.unwrap();
+    body["token"].as_str().unwrap().to_owned()
+}
+
+fn cache_status(r: &reqwest::Response) -> &str {
+    r.headers()
+        .get("x-cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_blob_needs_accepted_credentials() {
+    let hub = Hub::start().await;
+    let data = noise(1 << 20, 77);
+    let blob = hub.add_blob(data);
+    let mirror = Mirror::start(&config(&hub));
+    let c = common::client(&[], mirror.addr());
+    let url = mirror.url(&format!("/v2/{PRIVATE_REPO}/blobs/{blob}"));
+
+    let alice = token(&c, &mirror, PRIVATE_REPO, Some((USER, PASSWORD))).await;
+    let r = c.get(&url).bearer_auth(&alice).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), cache_status(&r)), (200, "miss"));
+    assert_eq!(common::sha256(&r.bytes().await.unwrap()), blob);
+    hub.wait_for_probe(PRIVATE_REPO).await;
+    let fetched = hub.count(STORAGE);
+
+    // No credentials at all: the upstream's 401, as the mirror's challenge.
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("/v2/auth"));
+    // An anonymous token, which the upstream refuses for this repository: 401 as well.
+    let anon = token(&c, &mirror, PRIVATE_REPO, None).await;
+    let r = c.get(&url).bearer_auth(&anon).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        hub.count(STORAGE),
+        fetched,
+        "the private blob was fetched again"
+    );
+
+    // Alice's token: served from cache after one HEAD with her token, then no more HEADs.
+    let heads = hub.count_method(REGISTRY, "HEAD", "/blobs/");
+    for _ in 0..2 {
+        let r = c.get(&url).bearer_auth(&alice).send().await.unwrap();
+        assert_eq!((r.status().as_u16(), cache_status(&r)), (200, "hit"));
+        assert_eq!(common::sha256(&r.bytes().await.unwrap()), blob);
+    }
+    assert_eq!(hub.count_method(REGISTRY, "HEAD", "/blobs/"), heads + 1);
+    assert_eq!(hub.count(STORAGE), fetched);
+    // The internal marker never reaches clients.
+    let r = c.get(&url).bearer_auth(&alice).send().await.unwrap();
+    assert!(!r.headers().contains_key("x-pullthrough-private"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn public_blob_is_served_to_anyone() {
+    let hub = Hub::start().await;
+    let blob = hub.add_blob(noise(1 << 20, 78));
+    let mirror = Mirror::start(&config(&hub));
+    let c = common::client(&[], mirror.addr());
+    let url = mirror.url(&format!("/v2/library/pub/blobs/{blob}"));
+    let tok = token(&c, &mirror, "library/pub", None).await;
+    c.get(&url)
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    hub.wait_for_probe("library/pub").await;
+    let asked = hub.seen().len();
+
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), cache_status(&r)), (200, "hit"));
+    assert_eq!(common::sha256(&r.bytes().await.unwrap()), blob);
+    assert_eq!(hub.seen().len(), asked, "a public hit asked the upstream");
+}
