@@ -127,6 +127,15 @@ async fn second_pull_asks_nothing_and_tags_cost_one_head() {
     // Digests never revalidate.
     let r = get(&c, urls[2].clone(), &tok).await;
     assert_eq!(status_of(&r), "hit");
+    // Every decision is in the log under pullthrough::cache.
+    let log = mirror.log();
+    for line in [
+        "pullthrough::cache] route docker: /v2/library/app/manifests/latest: hit",
+        "revalidated by HEAD",
+        "cached for",
+    ] {
+        assert!(log.contains(line), "no {line:?} in the log:\n{log}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -38,7 +38,7 @@ impl Mirror {
             return true;
         }
         let Some(credential) = credential else {
-            debug!(
+            debug!(target: super::CACHE_LOG,
                 "route {}: cached {repo} is private and the client sent no credentials",
                 route.name
             );
@@ -48,7 +48,7 @@ impl Mirror {
         if allowed {
             book.grant(&route.name, repo, credential.as_bytes());
         }
-        debug!(
+        debug!(target: super::CACHE_LOG,
             "route {}: upstream {} the client's credentials for {repo}",
             route.name,
             if allowed { "accepted" } else { "refused" }
@@ -94,7 +94,7 @@ impl Shared {
         *verdict
             .get_or_init(|| async {
                 let public = self.probe_anonymously(route, path, repo).await;
-                debug!(
+                debug!(target: super::CACHE_LOG,
                     "route {}: {repo} is {}",
                     route.name,
                     if public { "public" } else { "private" }
@@ -129,7 +129,7 @@ impl Shared {
         {
             Ok(resp) => resp.status.as_u16() < 400,
             Err(e) => {
-                warn!("route {}: access check failed: {e}", route.name);
+                warn!(target: super::CACHE_LOG, "route {}: access check failed: {e}", route.name);
                 false
             }
         }
@@ -187,7 +187,7 @@ impl Shared {
             Ok((resp, body)) if resp.status == 200 => anonymous_token(&body),
             Ok(_) => None,
             Err(e) => {
-                warn!("route {}: anonymous token request failed: {e}", route.name);
+                warn!(target: super::CACHE_LOG, "route {}: anonymous token request failed: {e}", route.name);
                 None
             }
         };

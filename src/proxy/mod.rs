@@ -40,6 +40,9 @@ use token::UpstreamRealm;
 
 /// The error type of a deliberate re-dispatch (a followed redirect, a learned realm): Pingora
 /// retries it with the same context, and nothing has reached the client yet.
+/// Log target of every cache decision: `RUST_LOG=pullthrough::cache=debug` explains them.
+const CACHE_LOG: &str = "pullthrough::cache";
+
 const REDISPATCH: ErrorType = ErrorType::Custom("pullthrough-redispatch");
 
 /// What every request shares, built once at start.
@@ -151,7 +154,7 @@ impl Mirror {
                     && digest_of(&resp).is_some()
                     && digest_of(&resp) == digest_of(meta.response_header()) =>
             {
-                debug!(
+                debug!(target: CACHE_LOG,
                     "route {}: tag unchanged upstream: revalidated by HEAD",
                     route.name
                 );
@@ -174,13 +177,13 @@ impl Mirror {
                     )
                     .await
                 {
-                    warn!("route {}: cannot refresh cached tag: {e}", route.name);
+                    warn!(target: CACHE_LOG, "route {}: cannot refresh cached tag: {e}", route.name);
                 }
                 ctx.cache_note = Some("revalidated");
                 ForcedFreshness::ForceFresh
             }
             Ok(resp) if resp.status == 429 || resp.status.is_server_error() => {
-                warn!(
+                warn!(target: CACHE_LOG,
                     "route {}: tag check answered {}: serving the cached manifest",
                     route.name, resp.status
                 );
@@ -188,7 +191,7 @@ impl Mirror {
                 ForcedFreshness::ForceFresh
             }
             Err(e) => {
-                warn!(
+                warn!(target: CACHE_LOG,
                     "route {}: tag check failed ({e}): serving the cached manifest",
                     route.name
                 );
@@ -196,7 +199,7 @@ impl Mirror {
                 ForcedFreshness::ForceFresh
             }
             Ok(_) => {
-                debug!(
+                debug!(target: CACHE_LOG,
                     "route {}: tag check answered {status:?} with another digest: fetching",
                     route.name
                 );
@@ -349,7 +352,7 @@ impl ProxyHttp for Mirror {
             && session.cache.enabled()
             && !revalidating(session)
         {
-            debug!(
+            debug!(target: CACHE_LOG,
                 "route {}: HEAD miss goes upstream uncached",
                 ctx.route_name()
             );
@@ -366,7 +369,7 @@ impl ProxyHttp for Mirror {
     ) -> Result<RespCacheable> {
         let status = resp.status.as_u16();
         let Some(path) = ctx.registry_path().filter(|_| policy::admits(status)) else {
-            debug!("route {}: {status} not cached", ctx.route_name());
+            debug!(target: CACHE_LOG, "route {}: {status} not cached", ctx.route_name());
             return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache));
         };
         let ttl = &self.shared.cache.ttl;
@@ -382,7 +385,7 @@ impl ProxyHttp for Mirror {
             self.probe_in_background(ctx);
         }
         let meta = CacheMeta::new(now + ttl.fresh_for(path), now, 0, stale_if_error, stored);
-        debug!(
+        debug!(target: CACHE_LOG,
             "route {}: {path} cached for {:?}",
             ctx.route_name(),
             ttl.fresh_for(path)
@@ -422,6 +425,9 @@ impl ProxyHttp for Mirror {
         };
         resp.insert_header("X-Cache-Status", status)?;
         resp.remove_header(PRIVATE_MARK);
+        if let Some(path) = ctx.registry_path() {
+            debug!(target: CACHE_LOG, "route {}: {path}: {status}", ctx.route_name());
+        }
         if status == "stale" {
             resp.insert_header("Warning", "110 - \"Response is Stale\"")?;
         }

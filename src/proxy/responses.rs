@@ -18,6 +18,7 @@ pub async fn send(session: &mut Session, canned: &Canned) -> Result<u16> {
         Canned::RedirectToV2 => {
             let mut resp = ResponseHeader::build(301, Some(2))?;
             resp.insert_header("Location", "/v2/")?;
+            resp.insert_header("X-Cache-Status", "bypass")?;
             resp.insert_header("Content-Length", "0")?;
             session.write_response_header(Box::new(resp), true).await?;
             Ok(301)
@@ -46,6 +47,7 @@ async fn write(session: &mut Session, status: u16, content_type: &str, body: Byt
     resp.insert_header("Content-Type", content_type)?;
     resp.insert_header("Content-Length", body.len().to_string())?;
     resp.insert_header(API_VERSION.0, API_VERSION.1)?;
+    resp.insert_header("X-Cache-Status", "bypass")?;
     let head_only = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(resp), head_only)
