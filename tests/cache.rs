@@ -422,3 +422,37 @@ async fn sigkill_mid_fill_leaves_nothing_served() {
     assert_eq!(common::sha256(&r.bytes().await.unwrap()), blob);
     assert_eq!(hub.count(STORAGE), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_that_disconnects_does_not_abort_the_fill() {
+    let hub = Hub::start().await;
+    let blob = hub.add_blob(noise(8 * MIB, 31));
+    let gate = hub.gate(&blob);
+    let mirror = Mirror::start(&config(&hub, ""));
+    let c = common::client(&[], mirror.addr());
+    let tok = token(&c, &mirror, "library/d").await;
+    let url = mirror.url(&format!("/v2/library/d/blobs/{blob}"));
+
+    // The only client reads its first bytes, then goes away while the upstream is held.
+    {
+        use futures::StreamExt;
+        let once = common::client(&[], mirror.addr());
+        let r = get(&once, url.clone(), &tok).await;
+        let mut body = r.bytes_stream();
+        let first = tokio::time::timeout(Duration::from_secs(30), body.next()).await;
+        assert!(matches!(first, Ok(Some(Ok(_)))));
+    }
+    gate.add_permits(100);
+    // The fill completes on its own: wait (bounded) for the committed entry.
+    let cache = mirror.dir.path().join("cache");
+    for _ in 0..250 {
+        if committed(&cache).len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = get(&c, url, &tok).await;
+    assert_eq!(status_of(&r), "hit");
+    assert_eq!(common::sha256(&r.bytes().await.unwrap()), blob);
+    assert_eq!(hub.count(STORAGE), 1);
+}
