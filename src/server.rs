@@ -1,6 +1,10 @@
 //! `build`: a Pingora `Server` from a validated `Config`: the proxy service on its listeners.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use log::info;
+use pingora::server::ExecutionPhase;
 
 use pingora::prelude::*;
 use pingora::proxy::http_proxy_service;
@@ -35,7 +39,10 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
 
+    let draining = Arc::new(AtomicBool::new(false));
+    watch_for_drain(&server, draining.clone());
     let shared = Arc::new(Shared {
+        draining,
         resolver: Resolver::new(resolve, upstream.dns_ttl),
         realms: RealmBook::new(&routes),
         routes,
@@ -51,4 +58,32 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
     }
     server.add_service(service);
     Ok(server)
+}
+
+/// Sets `draining` once the server starts handing its listeners over (SIGQUIT) or stopping
+/// (SIGTERM). From then on every response closes its connection, so keep-alive clients move
+/// to the new process on their next request instead of meeting a connection Pingora drops
+/// when its shutdown begins.
+fn watch_for_drain(server: &Server, draining: Arc<AtomicBool>) {
+    let mut phases = server.watch_execution_phase();
+    let spawned = std::thread::Builder::new()
+        .name("pullthrough-drain".into())
+        .spawn(move || {
+            while let Ok(phase) = phases.blocking_recv() {
+                if matches!(
+                    phase,
+                    ExecutionPhase::GracefulUpgradeTransferringFds
+                        | ExecutionPhase::GracefulUpgradeCloseTimeout
+                        | ExecutionPhase::GracefulTerminate
+                        | ExecutionPhase::ShutdownStarted
+                ) {
+                    info!("draining: responses now close their connections ({phase:?})");
+                    draining.store(true, Ordering::Release);
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot watch for upgrades, keep-alive clients may see closed connections: {e}");
+    }
 }

@@ -55,6 +55,8 @@ pub struct Shared {
     pub public_scheme: Option<Scheme>,
     pub cache: Cache,
     pub side: crate::upstream::SideClient,
+    /// Set when the process hands its listeners over or stops: responses close connections.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The mirror's proxy logic.
@@ -264,6 +266,13 @@ impl ProxyHttp for Mirror {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self
+            .shared
+            .draining
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            session.set_keepalive(None);
+        }
         let req = session.req_header();
         let incoming = Incoming {
             method: &req.method,

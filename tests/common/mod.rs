@@ -118,6 +118,63 @@ impl Mirror {
         s
     }
 
+    /// A new process that takes this one's listeners over (Pingora's `-u` and SIGQUIT, the
+    /// documented upgrade): starts it, waits (bounded) until it listens on the upgrade
+    /// socket, then sends this process SIGQUIT. This process keeps serving what it has in
+    /// flight and exits after its grace period.
+    pub fn take_over(&self) -> Mirror {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("mirror.log");
+        let sock = self.dir.path().join("upgrade.sock");
+        let _ = std::fs::remove_file(&sock);
+        let child = Command::new(env!("CARGO_BIN_EXE_pullthrough"))
+            .arg("-u")
+            .arg("-c")
+            .arg(self.config_path())
+            .env(
+                "RUST_LOG",
+                std::env::var("MIRROR_LOG")
+                    .unwrap_or_else(|_| "pullthrough=debug,pingora=warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start the new pullthrough");
+        for _ in 0..200 {
+            if sock.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        assert!(
+            sock.exists(),
+            "the new process never opened {}",
+            sock.display()
+        );
+        let quit = Command::new("kill")
+            .args(["-s", "QUIT", &self.child.id().to_string()])
+            .status()
+            .expect("kill -QUIT");
+        assert!(quit.success());
+        Mirror {
+            port: self.port,
+            dir,
+            child,
+            log,
+        }
+    }
+
+    /// Waits (bounded: 30 s) for the process to exit; true when it did.
+    pub fn wait_exit(&mut self) -> bool {
+        for _ in 0..600 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
