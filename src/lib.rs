@@ -8,8 +8,10 @@
 //! - [`proxy`]: the Pingora `ProxyHttp` implementation.
 //! - [`server`]: the Pingora server built from a config.
 
+pub mod admin;
 pub mod cache;
 pub mod config;
+pub mod metrics;
 pub mod proxy;
 pub mod redirect;
 pub mod registry;

@@ -9,6 +9,7 @@ use pingora::server::ExecutionPhase;
 use pingora::prelude::*;
 use pingora::proxy::http_proxy_service;
 
+use crate::admin::AdminApp;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::proxy::realms::RealmBook;
@@ -33,6 +34,7 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
         upstream,
         cache: cache_config,
         public_scheme,
+        admin_listen,
     } = config;
     let cache = Cache::open(&cache_config)
         .map_err(|e| BuildError::Cache(cache_config.dir.display().to_string(), e))?;
@@ -52,6 +54,12 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
         cache,
         side: crate::upstream::SideClient::new(),
     });
+    if let Some(addr) = admin_listen {
+        let app = pingora::apps::http_app::HttpServer::new_app(AdminApp::new(shared.clone()));
+        let mut admin = pingora::services::listening::Service::new("pullthrough admin".into(), app);
+        admin.add_tcp(&addr.to_string());
+        server.add_service(admin);
+    }
     let mut service = http_proxy_service(&server.configuration, Mirror::new(shared));
     for addr in &listen {
         service.add_tcp(&addr.to_string());

@@ -31,6 +31,8 @@ pub struct FileConfig {
     pub upstream: UpstreamFile,
     #[serde(default)]
     pub cache: CacheFile,
+    /// The admin listener: /metrics, /healthz, /stats.
+    pub admin: Option<AdminFile>,
     /// `http` or `https`: the scheme clients use to reach the mirror, for auth realms
     /// (needed behind a TLS-terminating load balancer).
     pub public_scheme: Option<String>,
@@ -71,4 +73,9 @@ pub struct CacheFile {
     pub dir: Option<String>,
     pub max_size: Option<String>,
     pub tag_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct AdminFile {
+    pub listen: Option<String>,
 }

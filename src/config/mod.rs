@@ -86,6 +86,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub cache: CacheConfig,
     pub public_scheme: Option<Scheme>,
+    /// The admin listener, if any.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// Reads and validates a config file.
@@ -290,7 +292,16 @@ impl Config {
             return Err(invalid("pingora.threads", "must be at least 1"));
         }
 
+        let admin_listen = match file.admin.as_ref().and_then(|a| a.listen.as_ref()) {
+            None => None,
+            Some(a) => Some(
+                a.parse::<SocketAddr>()
+                    .map_err(|_| invalid("admin.listen", format!("{a:?} is not ip:port")))?,
+            ),
+        };
+
         Ok(Config {
+            admin_listen,
             server,
             listen,
             routes,

@@ -22,6 +22,11 @@ pub struct RequestCtx {
     pub failure: Option<RegistryError>,
     /// What the tag check decided, for `X-Cache-Status` (`revalidated`, `stale`).
     pub cache_note: Option<&'static str>,
+    /// The `X-Cache-Status` sent, for metrics.
+    pub cache_status: Option<&'static str>,
+    /// When the first upstream attempt started and the final upstream header arrived.
+    pub upstream_started: Option<Instant>,
+    pub upstream_answered: Option<Instant>,
 }
 
 impl RequestCtx {
@@ -35,6 +40,9 @@ impl RequestCtx {
             redirects_followed: 0,
             failure: None,
             cache_note: None,
+            cache_status: None,
+            upstream_started: None,
+            upstream_answered: None,
         }
     }
 

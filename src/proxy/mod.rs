@@ -26,6 +26,7 @@ use crate::cache::access::PRIVATE_MARK;
 use crate::cache::verify::DIGEST_HEADER;
 use crate::cache::{key, policy, Cache};
 use crate::config::{Scheme, UpstreamConfig};
+use crate::metrics::{status_class, METRICS};
 use crate::redirect::{is_redirect, RedirectPolicy};
 use crate::registry::auth::rewrite_challenge;
 use crate::registry::{Challenge, RegistryError};
@@ -113,6 +114,116 @@ impl Mirror {
 }
 
 impl Mirror {
+    /// Acts on an upstream response header: follows redirects, relays challenges, learns
+    /// realms, names digests.
+    async fn on_upstream_response(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = resp.status.as_u16();
+        let Some(hop) = ctx.hop.as_ref() else {
+            return Ok(());
+        };
+        if status == 200 && matches!(hop.kind, HopKind::Registry | HopKind::Redirect) {
+            // Content named by digest is stored under that digest, and checked against it.
+            let digest = match ctx.registry_path() {
+                Some(crate::registry::V2Path::Blob { digest, .. }) => Some(digest.to_string()),
+                Some(crate::registry::V2Path::Manifest { reference, .. })
+                    if reference.is_digest() =>
+                {
+                    Some(reference.to_string())
+                }
+                _ => None,
+            };
+            if let Some(d) = digest {
+                resp.insert_header(DIGEST_HEADER, d)?;
+            }
+        }
+        match hop.kind {
+            HopKind::Registry | HopKind::Redirect if is_redirect(status) => {
+                let Some(location) = resp
+                    .headers
+                    .get(header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                else {
+                    return Ok(());
+                };
+                match hops::on_redirect(
+                    &self.shared.redirects,
+                    hop,
+                    location,
+                    ctx.redirects_followed,
+                ) {
+                    RedirectOutcome::Follow(next, reason) => {
+                        debug!(
+                            "route {}: {status} to {} followed ({reason})",
+                            ctx.route_name(),
+                            next.origin
+                        );
+                        ctx.redirects_followed += 1;
+                        ctx.hop = Some(next);
+                        Err(redispatch(format!("following {status}")))
+                    }
+                    RedirectOutcome::ToClient(absolute, reason) => {
+                        debug!(
+                            "route {}: {status} handed to the client ({reason})",
+                            ctx.route_name()
+                        );
+                        if absolute != location {
+                            resp.insert_header(header::LOCATION, absolute)?;
+                        }
+                        Ok(())
+                    }
+                    RedirectOutcome::TooMany(max) => {
+                        let msg = format!("upstream redirected more than {max} times");
+                        Err(fail(ctx, RegistryError::bad_gateway(msg)))
+                    }
+                    RedirectOutcome::Invalid(why) => Err(fail(
+                        ctx,
+                        RegistryError::bad_gateway(format!("bad upstream redirect: {why}")),
+                    )),
+                }
+            }
+            HopKind::Registry if status == 401 => {
+                self.relay_challenge(session, resp, ctx);
+                Ok(())
+            }
+            HopKind::RealmDiscovery => {
+                let challenge = resp
+                    .headers
+                    .get(header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| Challenge::parse(v).ok());
+                let realm = challenge.as_ref().and_then(UpstreamRealm::from_challenge);
+                let (Some(route), Some(realm), Some(plan::Target::Token { request, .. })) =
+                    (ctx.route.clone(), realm, ctx.target.as_ref())
+                else {
+                    let msg = format!("upstream answered /v2/ with {status} and no token realm");
+                    return Err(fail(
+                        ctx,
+                        RegistryError::new(404, crate::registry::ErrorCode::Unsupported, msg),
+                    ));
+                };
+                let next = hops::realm_hop(request, &realm).map_err(|e| {
+                    fail(
+                        ctx,
+                        RegistryError::bad_gateway(format!("bad upstream realm: {e}")),
+                    )
+                })?;
+                info!(
+                    "route {}: upstream token realm is {}",
+                    route.name, realm.realm
+                );
+                self.shared.realms.learn(&route.name, realm);
+                ctx.hop = Some(next);
+                Err(redispatch("token realm learned".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Checks a stale tag with a HEAD carrying the client's credentials and `Accept` (no
     /// Docker Hub pull quota): the same digest refreshes the entry, a new digest fetches it
     /// (GET), and an upstream that fails or limits us leaves the stale manifest served.
@@ -238,6 +349,30 @@ fn cache_status(phase: CachePhase) -> &'static str {
         | CachePhase::Uninit
         | CachePhase::Bypass
         | CachePhase::CacheKey => "bypass",
+    }
+}
+
+/// Counts a finished request in the `pullthrough_*` series.
+fn record_metrics(ctx: &RequestCtx, status: u16, bytes: usize) {
+    let cache = ctx.cache_status.unwrap_or("bypass");
+    let m = &METRICS;
+    m.requests
+        .with_label_values(&[ctx.route_name(), status_class(status), cache])
+        .inc();
+    if ctx.route.is_some() {
+        let source = if matches!(cache, "hit" | "stale" | "revalidated") {
+            "cache"
+        } else {
+            "upstream"
+        };
+        m.bytes_served
+            .with_label_values(&[source])
+            .inc_by(bytes as u64);
+    }
+    if let (Some(start), Some(end)) = (ctx.upstream_started, ctx.upstream_answered) {
+        m.upstream_seconds
+            .with_label_values(&[ctx.route_name()])
+            .observe(end.saturating_duration_since(start).as_secs_f64());
     }
 }
 
@@ -433,6 +568,7 @@ impl ProxyHttp for Mirror {
             (phase, _) => cache_status(phase),
         };
         resp.insert_header("X-Cache-Status", status)?;
+        ctx.cache_status = Some(status);
         resp.remove_header(PRIVATE_MARK);
         if let Some(path) = ctx.registry_path() {
             debug!(target: CACHE_LOG, "route {}: {path}: {status}", ctx.route_name());
@@ -448,6 +584,9 @@ impl ProxyHttp for Mirror {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        if ctx.upstream_started.is_none() {
+            ctx.upstream_started = Some(std::time::Instant::now());
+        }
         let Some(hop) = ctx.hop.as_ref() else {
             return Err(Error::explain(InternalError, "no upstream hop planned"));
         };
@@ -507,106 +646,11 @@ impl ProxyHttp for Mirror {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let status = resp.status.as_u16();
-        let Some(hop) = ctx.hop.as_ref() else {
-            return Ok(());
-        };
-        if status == 200 && matches!(hop.kind, HopKind::Registry | HopKind::Redirect) {
-            // Content named by digest is stored under that digest, and checked against it.
-            let digest = match ctx.registry_path() {
-                Some(crate::registry::V2Path::Blob { digest, .. }) => Some(digest.to_string()),
-                Some(crate::registry::V2Path::Manifest { reference, .. })
-                    if reference.is_digest() =>
-                {
-                    Some(reference.to_string())
-                }
-                _ => None,
-            };
-            if let Some(d) = digest {
-                resp.insert_header(DIGEST_HEADER, d)?;
-            }
+        let outcome = self.on_upstream_response(session, resp, ctx).await;
+        if outcome.is_ok() && ctx.upstream_answered.is_none() {
+            ctx.upstream_answered = Some(std::time::Instant::now());
         }
-        match hop.kind {
-            HopKind::Registry | HopKind::Redirect if is_redirect(status) => {
-                let Some(location) = resp
-                    .headers
-                    .get(header::LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                else {
-                    return Ok(());
-                };
-                match hops::on_redirect(
-                    &self.shared.redirects,
-                    hop,
-                    location,
-                    ctx.redirects_followed,
-                ) {
-                    RedirectOutcome::Follow(next, reason) => {
-                        debug!(
-                            "route {}: {status} to {} followed ({reason})",
-                            ctx.route_name(),
-                            next.origin
-                        );
-                        ctx.redirects_followed += 1;
-                        ctx.hop = Some(next);
-                        Err(redispatch(format!("following {status}")))
-                    }
-                    RedirectOutcome::ToClient(absolute, reason) => {
-                        debug!(
-                            "route {}: {status} handed to the client ({reason})",
-                            ctx.route_name()
-                        );
-                        if absolute != location {
-                            resp.insert_header(header::LOCATION, absolute)?;
-                        }
-                        Ok(())
-                    }
-                    RedirectOutcome::TooMany(max) => {
-                        let msg = format!("upstream redirected more than {max} times");
-                        Err(fail(ctx, RegistryError::bad_gateway(msg)))
-                    }
-                    RedirectOutcome::Invalid(why) => Err(fail(
-                        ctx,
-                        RegistryError::bad_gateway(format!("bad upstream redirect: {why}")),
-                    )),
-                }
-            }
-            HopKind::Registry if status == 401 => {
-                self.relay_challenge(session, resp, ctx);
-                Ok(())
-            }
-            HopKind::RealmDiscovery => {
-                let challenge = resp
-                    .headers
-                    .get(header::WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| Challenge::parse(v).ok());
-                let realm = challenge.as_ref().and_then(UpstreamRealm::from_challenge);
-                let (Some(route), Some(realm), Some(plan::Target::Token { request, .. })) =
-                    (ctx.route.clone(), realm, ctx.target.as_ref())
-                else {
-                    let msg = format!("upstream answered /v2/ with {status} and no token realm");
-                    return Err(fail(
-                        ctx,
-                        RegistryError::new(404, crate::registry::ErrorCode::Unsupported, msg),
-                    ));
-                };
-                let next = hops::realm_hop(request, &realm).map_err(|e| {
-                    fail(
-                        ctx,
-                        RegistryError::bad_gateway(format!("bad upstream realm: {e}")),
-                    )
-                })?;
-                info!(
-                    "route {}: upstream token realm is {}",
-                    route.name, realm.realm
-                );
-                self.shared.realms.learn(&route.name, realm);
-                ctx.hop = Some(next);
-                Err(redispatch("token realm learned".into()))
-            }
-            _ => Ok(()),
-        }
+        outcome
     }
 
     fn suppress_proxy_warn_log(
@@ -675,6 +719,7 @@ impl ProxyHttp for Mirror {
             (Some(e), None) => format!(" error={:?}", e.etype().as_str()),
             _ => String::new(),
         };
+        record_metrics(ctx, status, session.body_bytes_sent());
         info!(
             target: "pullthrough::access",
             "{} {} route={} via={} status={status} bytes={} redirects={} ms={}{error}",

@@ -1,0 +1,81 @@
+//! The admin listener (`admin.listen`): Prometheus `/metrics`, `/healthz`, and `/stats` as
+//! JSON. Kept off the public listeners so scrapes and health checks never mix with pulls.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora_prometheus::PrometheusHttpApp;
+
+use crate::metrics::METRICS;
+use crate::proxy::Shared;
+
+/// Serves the admin endpoints.
+pub struct AdminApp {
+    shared: Arc<Shared>,
+    started: Instant,
+}
+
+impl AdminApp {
+    pub fn new(shared: Arc<Shared>) -> AdminApp {
+        AdminApp {
+            shared,
+            started: Instant::now(),
+        }
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        use pingora::cache::eviction::EvictionManager;
+        let cache = &self.shared.cache;
+        let s = &cache.storage.stats;
+        serde_json::json!({
+            "pid": std::process::id(),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "draining": self.shared.draining.load(Ordering::Acquire),
+            "cache": {
+                "size_bytes": cache.eviction.total_size(),
+                "items": cache.eviction.total_items(),
+                "evicted_items": cache.eviction.evicted_items(),
+                "fills_in_flight": s.fills_in_flight.load(Ordering::Relaxed),
+                "digest_mismatches": s.digest_mismatches.load(Ordering::Relaxed),
+                "corrupt_entries": s.corrupt_entries.load(Ordering::Relaxed),
+            },
+            "routes": self.shared.routes.routes().iter().map(|r| r.as_ref()).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        match session.req_header().uri.path() {
+            "/metrics" => {
+                METRICS.refresh_cache(&self.shared.cache);
+                PrometheusHttpApp.response(session).await
+            }
+            "/healthz" => respond(200, "text/plain", b"ok\n".to_vec()),
+            "/stats" => {
+                let body = serde_json::to_vec_pretty(&self.stats()).unwrap_or_default();
+                respond(200, "application/json", body)
+            }
+            _ => respond(
+                404,
+                "text/plain",
+                b"admin endpoints: /metrics /healthz /stats\n".to_vec(),
+            ),
+        }
+    }
+}

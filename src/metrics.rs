@@ -1,0 +1,124 @@
+//! Prometheus metrics, `pullthrough_*`, in the default registry that the admin listener's
+//! `/metrics` serves (pingora-prometheus).
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge,
+};
+
+use crate::cache::Cache;
+
+/// Every series the mirror exports.
+pub struct Metrics {
+    /// Requests by route, status class and cache result.
+    pub requests: IntCounterVec,
+    /// Response body bytes by where they came from: `cache` or `upstream`.
+    pub bytes_served: IntCounterVec,
+    /// Time from the first upstream attempt to the final upstream response header, by route.
+    pub upstream_seconds: HistogramVec,
+    pub fills_in_flight: IntGauge,
+    pub cache_size: IntGauge,
+    pub cache_items: IntGauge,
+    pub cache_evictions: IntCounter,
+    pub digest_mismatches: IntCounter,
+    pub rate_limited: IntCounter,
+}
+
+/// The metrics, registered once on first use.
+pub static METRICS: Lazy<Metrics> = Lazy::new(|| Metrics {
+    requests: register_int_counter_vec!(
+        "pullthrough_requests_total",
+        "Requests by route, HTTP status class and cache result",
+        &["route", "status", "cache"]
+    )
+    .expect("metric registers once"),
+    bytes_served: register_int_counter_vec!(
+        "pullthrough_bytes_served_total",
+        "Response body bytes sent, by source (cache or upstream)",
+        &["source"]
+    )
+    .expect("metric registers once"),
+    upstream_seconds: register_histogram_vec!(
+        "pullthrough_upstream_response_seconds",
+        "Time to the final upstream response header, redirects included, by route",
+        &["route"],
+        vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+    )
+    .expect("metric registers once"),
+    fills_in_flight: register_int_gauge!(
+        "pullthrough_cache_fills_in_flight",
+        "Cache fills in progress"
+    )
+    .expect("metric registers once"),
+    cache_size: register_int_gauge!(
+        "pullthrough_cache_size_bytes",
+        "Bytes held in the disk cache"
+    )
+    .expect("metric registers once"),
+    cache_items: register_int_gauge!("pullthrough_cache_items", "Entries held in the disk cache")
+        .expect("metric registers once"),
+    cache_evictions: register_int_counter!(
+        "pullthrough_cache_evictions_total",
+        "Entries evicted to fit cache.max_size"
+    )
+    .expect("metric registers once"),
+    digest_mismatches: register_int_counter!(
+        "pullthrough_digest_mismatches_total",
+        "Fills refused because the content did not match its digest"
+    )
+    .expect("metric registers once"),
+    rate_limited: register_int_counter!(
+        "pullthrough_rate_limited_total",
+        "Requests refused by the rate limit"
+    )
+    .expect("metric registers once"),
+});
+
+/// `2xx`, `4xx`, ...; `none` when no response was written.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
+impl Metrics {
+    /// Copies the cache's own counters into the series (called before each scrape).
+    pub fn refresh_cache(&self, cache: &Cache) {
+        use pingora::cache::eviction::EvictionManager;
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = &cache.storage.stats;
+        self.fills_in_flight
+            .set(stats.fills_in_flight.load(Relaxed) as i64);
+        self.cache_size.set(cache.eviction.total_size() as i64);
+        self.cache_items.set(cache.eviction.total_items() as i64);
+        catch_up(&self.cache_evictions, cache.eviction.evicted_items() as u64);
+        catch_up(
+            &self.digest_mismatches,
+            stats.digest_mismatches.load(Relaxed),
+        );
+    }
+}
+
+/// Moves a counter up to a total kept elsewhere.
+fn catch_up(counter: &IntCounter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn classes() {
+        assert_eq!(super::status_class(204), "2xx");
+        assert_eq!(super::status_class(429), "4xx");
+        assert_eq!(super::status_class(0), "none");
+    }
+}
