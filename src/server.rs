@@ -35,6 +35,9 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
         cache: cache_config,
         public_scheme,
         admin_listen,
+        limits,
+        repositories,
+        trusted_proxies,
     } = config;
     let cache = Cache::open(&cache_config)
         .map_err(|e| BuildError::Cache(cache_config.dir.display().to_string(), e))?;
@@ -45,6 +48,9 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
     watch_for_drain(&server, draining.clone());
     let shared = Arc::new(Shared {
         draining,
+        guard: crate::guard::Guard::new(limits),
+        repositories,
+        trusted_proxies,
         resolver: Resolver::new(resolve, upstream.dns_ttl),
         realms: RealmBook::new(&routes),
         routes,

@@ -33,6 +33,15 @@ pub struct FileConfig {
     pub cache: CacheFile,
     /// The admin listener: /metrics, /healthz, /stats.
     pub admin: Option<AdminFile>,
+    /// Per-client limits.
+    #[serde(default)]
+    pub limits: LimitsFile,
+    /// Repository allow and block lists.
+    #[serde(default)]
+    pub repositories: RepositoriesFile,
+    /// Networks whose X-Forwarded-For / X-Forwarded-Proto are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// `http` or `https`: the scheme clients use to reach the mirror, for auth realms
     /// (needed behind a TLS-terminating load balancer).
     pub public_scheme: Option<String>,
@@ -78,4 +87,18 @@ pub struct CacheFile {
 #[derive(Debug, Default, Deserialize)]
 pub struct AdminFile {
     pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct LimitsFile {
+    pub requests_per_second: Option<u32>,
+    pub blob_downloads_per_client: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RepositoriesFile {
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub block: Vec<String>,
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use pingora::server::configuration::ServerConf;
 
+use crate::guard::{Limits, RepoFilter, TrustedProxies};
 use crate::redirect::{HostPattern, RedirectAction, RedirectPolicy, DEFAULT_MAX_HOPS};
 use crate::routes::{Route, RouteTable, STANDARD_ROUTES};
 use crate::upstream::{Origin, Pin};
@@ -88,6 +89,9 @@ pub struct Config {
     pub public_scheme: Option<Scheme>,
     /// The admin listener, if any.
     pub admin_listen: Option<SocketAddr>,
+    pub limits: Limits,
+    pub repositories: RepoFilter,
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Reads and validates a config file.
@@ -300,7 +304,32 @@ impl Config {
             ),
         };
 
+        let limits = Limits {
+            requests_per_second: file.limits.requests_per_second.unwrap_or(0),
+            blob_downloads_per_client: file.limits.blob_downloads_per_client.unwrap_or(0),
+        };
+        let repositories = RepoFilter::new(&file.repositories.allow, &file.repositories.block)
+            .map_err(|e| invalid("repositories", e))?;
+        let trusted_proxies = file
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            format!("trusted_proxies[{i}]"),
+                            format!("{p:?} is not an address or CIDR"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
         Ok(Config {
+            limits,
+            repositories,
+            trusted_proxies: TrustedProxies::new(trusted_proxies),
             admin_listen,
             server,
             listen,
@@ -459,6 +488,13 @@ cache: { max_size: 1GiB, tag_ttl: 30s }
             ("pingora: { threads: many }", "pingora.threads"),
             ("public_scheme: ftp", "public_scheme"),
             ("domain: 'http://x'", "domain"),
+            ("trusted_proxies: ['10.0.0.0/33']", "trusted_proxies[0]"),
+            ("repositories: { block: ['a[b'] }", "repositories"),
+            (
+                "limits: { requests_per_second: -1 }",
+                "limits.requests_per_second",
+            ),
+            ("admin: { listen: nowhere }", "admin.listen"),
         ];
         for (yaml, key) in cases {
             let e = err(yaml);

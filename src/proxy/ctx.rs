@@ -27,6 +27,10 @@ pub struct RequestCtx {
     /// When the first upstream attempt started and the final upstream header arrived.
     pub upstream_started: Option<Instant>,
     pub upstream_answered: Option<Instant>,
+    /// The client, as the trusted-proxy rules see it.
+    pub client: Option<crate::guard::ClientInfo>,
+    /// A blob download slot held until the request ends (per-client concurrency limit).
+    pub download_slot: Option<crate::guard::DownloadSlot>,
 }
 
 impl RequestCtx {
@@ -43,6 +47,8 @@ impl RequestCtx {
             cache_status: None,
             upstream_started: None,
             upstream_answered: None,
+            client: None,
+            download_slot: None,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod realms;
 pub mod responses;
 pub mod token;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -26,6 +27,7 @@ use crate::cache::access::PRIVATE_MARK;
 use crate::cache::verify::DIGEST_HEADER;
 use crate::cache::{key, policy, Cache};
 use crate::config::{Scheme, UpstreamConfig};
+use crate::guard::{ClientInfo, DownloadSlot, Verdict};
 use crate::metrics::{status_class, METRICS};
 use crate::redirect::{is_redirect, RedirectPolicy};
 use crate::registry::auth::rewrite_challenge;
@@ -35,7 +37,7 @@ use crate::upstream::Resolver;
 
 pub use ctx::RequestCtx;
 use hops::{HopKind, RedirectOutcome};
-use plan::{Incoming, Plan};
+use plan::{Canned, Incoming, Plan};
 use realms::RealmBook;
 use token::UpstreamRealm;
 
@@ -58,6 +60,9 @@ pub struct Shared {
     pub side: crate::upstream::SideClient,
     /// Set when the process hands its listeners over or stops: responses close connections.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    pub guard: crate::guard::Guard,
+    pub repositories: crate::guard::RepoFilter,
+    pub trusted_proxies: crate::guard::TrustedProxies,
 }
 
 /// The mirror's proxy logic.
@@ -70,13 +75,79 @@ impl Mirror {
         Mirror { shared }
     }
 
+    /// The client: its address and forwarded scheme, believed only from trusted proxies.
+    fn client_info(&self, session: &Session) -> ClientInfo {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        let headers = &session.req_header().headers;
+        let forwarded_for = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        let forwarded_proto = headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok());
+        self.shared
+            .trusted_proxies
+            .client(peer, forwarded_for, forwarded_proto)
+    }
+
+    /// Applies the per-client limits and the repository lists to a plan: the plan to carry
+    /// out (with a blob download slot to hold), or the refusal to send.
+    fn admit(
+        &self,
+        client: ClientInfo,
+        method: &http::Method,
+        plan: Plan,
+    ) -> std::result::Result<(Plan, Option<DownloadSlot>), Canned> {
+        let s = &self.shared;
+        if matches!(plan, Plan::Respond(Canned::Healthy)) {
+            return Ok((plan, None));
+        }
+        if let Verdict::TooMany(after) = s.guard.admit_request(client.ip) {
+            METRICS.rate_limited.inc();
+            debug!("{}: over the request rate limit", client.ip);
+            return Err(Canned::TooMany(after));
+        }
+        let Plan::Forward {
+            route,
+            target: plan::Target::Registry { path, .. },
+            ..
+        } = &plan
+        else {
+            return Ok((plan, None));
+        };
+        if let Some(name) = path.name() {
+            if !s.repositories.permits(&route.registry, name.as_str()) {
+                debug!("{}/{name}: refused by the repository lists", route.registry);
+                let msg = format!("{}/{name} is not served by this mirror", route.registry);
+                let denied = RegistryError::new(403, crate::registry::ErrorCode::Denied, msg);
+                return Err(Canned::Error(denied));
+            }
+        }
+        if matches!(path, crate::registry::V2Path::Blob { .. }) && *method == http::Method::GET {
+            return match s.guard.admit_download(client.ip) {
+                Ok(slot) => Ok((plan, slot)),
+                Err(after) => {
+                    METRICS.rate_limited.inc();
+                    debug!("{}: over the concurrent blob download limit", client.ip);
+                    Err(Canned::TooMany(after))
+                }
+            };
+        }
+        Ok((plan, None))
+    }
+
     /// The realm clients are sent to: this mirror's `/v2/auth`, on the name they used.
-    fn mirror_realm(&self, session: &Session) -> String {
+    fn mirror_realm(&self, session: &Session, ctx: &RequestCtx) -> String {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        let scheme =
-            self.shared
-                .public_scheme
-                .unwrap_or(if tls { Scheme::Https } else { Scheme::Http });
+        let forwarded_https = ctx.client.and_then(|c| c.forwarded_https);
+        let scheme = self
+            .shared
+            .public_scheme
+            .unwrap_or(match (forwarded_https, tls) {
+                (Some(true), _) | (None, true) => Scheme::Https,
+                _ => Scheme::Http,
+            });
         let host = client_host(session.req_header()).unwrap_or("localhost");
         format!("{}://{host}/v2/auth", scheme.as_str())
     }
@@ -101,10 +172,14 @@ impl Mirror {
             }
         }
         let prefix = ctx.target.as_ref().and_then(|t| t.client_prefix());
-        let ours = rewrite_challenge(&upstream, &self.mirror_realm(session), |s| match prefix {
-            Some(p) if s.is_repository() => s.with_name(format!("{p}/{}", s.name)),
-            _ => s.clone(),
-        });
+        let ours = rewrite_challenge(
+            &upstream,
+            &self.mirror_realm(session, ctx),
+            |s| match prefix {
+                Some(p) if s.is_repository() => s.with_name(format!("{p}/{}", s.name)),
+                _ => s.clone(),
+            },
+        );
         let ours = ours.to_string();
         debug!("route {}: challenge rewritten to {ours}", ctx.route_name());
         if let Err(e) = resp.insert_header(header::WWW_AUTHENTICATE, ours) {
@@ -408,6 +483,8 @@ impl ProxyHttp for Mirror {
         {
             session.set_keepalive(None);
         }
+        let client = self.client_info(session);
+        ctx.client = Some(client);
         let req = session.req_header();
         let incoming = Incoming {
             method: &req.method,
@@ -415,7 +492,18 @@ impl ProxyHttp for Mirror {
             query: req.uri.query(),
             host: client_host(req),
         };
-        match plan::plan(&self.shared.routes, incoming) {
+        let plan = match self.admit(
+            client,
+            &req.method,
+            plan::plan(&self.shared.routes, incoming),
+        ) {
+            Ok((plan, slot)) => {
+                ctx.download_slot = slot;
+                plan
+            }
+            Err(refusal) => Plan::Respond(refusal),
+        };
+        match plan {
             Plan::Respond(canned) => {
                 debug!(
                     "{} {}: answered by the mirror: {canned:?}",

@@ -29,6 +29,8 @@ pub enum Canned {
     /// `/healthz`.
     Healthy,
     Error(RegistryError),
+    /// Over a per-client limit: 429 with `Retry-After`.
+    TooMany(std::time::Duration),
 }
 
 /// What the upstream is asked for.

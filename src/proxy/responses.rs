@@ -5,7 +5,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
-use crate::registry::RegistryError;
+use crate::registry::{ErrorCode, RegistryError};
 
 use super::plan::Canned;
 
@@ -24,12 +24,29 @@ pub async fn send(session: &mut Session, canned: &Canned) -> Result<u16> {
             Ok(301)
         }
         Canned::Healthy => {
-            write(session, 200, "text/plain", Bytes::from_static(b"ok\n")).await?;
+            write(session, 200, "text/plain", Bytes::from_static(b"ok\n"), &[]).await?;
             Ok(200)
         }
         Canned::Error(e) => {
             send_error(session, e).await?;
             Ok(e.status)
+        }
+        Canned::TooMany(after) => {
+            let e = RegistryError::new(
+                429,
+                ErrorCode::Toomanyrequests,
+                "too many requests from this client",
+            );
+            let retry_after = after.as_secs().max(1).to_string();
+            write(
+                session,
+                429,
+                "application/json",
+                Bytes::from(e.body()),
+                &[("Retry-After", &retry_after)],
+            )
+            .await?;
+            Ok(429)
         }
     }
 }
@@ -39,11 +56,27 @@ pub async fn send_error(session: &mut Session, e: &RegistryError) -> Result<()> 
     if session.response_written().is_some() {
         return Ok(());
     }
-    write(session, e.status, "application/json", Bytes::from(e.body())).await
+    write(
+        session,
+        e.status,
+        "application/json",
+        Bytes::from(e.body()),
+        &[],
+    )
+    .await
 }
 
-async fn write(session: &mut Session, status: u16, content_type: &str, body: Bytes) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(3))?;
+async fn write(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+    extra: &[(&'static str, &str)],
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(5))?;
+    for (name, value) in extra {
+        resp.insert_header(*name, *value)?;
+    }
     resp.insert_header("Content-Type", content_type)?;
     resp.insert_header("Content-Length", body.len().to_string())?;
     resp.insert_header(API_VERSION.0, API_VERSION.1)?;
