@@ -29,6 +29,7 @@ fn decisions(c: &mut Criterion) {
                     path: black_box("/v2/nginx/manifests/latest"),
                     query: None,
                     host: Some("docker.example.com:443"),
+                    sni: None,
                 },
             )
         })
@@ -42,6 +43,7 @@ fn decisions(c: &mut Criterion) {
                     path: black_box("/v2/quay.io/coreos/etcd/manifests/v3"),
                     query: Some("ns=quay.io"),
                     host: Some("mirror.local"),
+                    sni: None,
                 },
             )
         })

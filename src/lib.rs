@@ -18,4 +18,5 @@ pub mod redirect;
 pub mod registry;
 pub mod routes;
 pub mod server;
+pub mod tls;
 pub mod upstream;

@@ -100,6 +100,8 @@ pub enum Via {
     Namespace,
     PathPrefix,
     Host,
+    /// The TLS SNI name, when the Host named no route.
+    Sni,
     Default,
 }
 
@@ -109,6 +111,7 @@ impl fmt::Display for Via {
             Via::Namespace => "?ns=",
             Via::PathPrefix => "path prefix",
             Via::Host => "host",
+            Via::Sni => "sni",
             Via::Default => "default route",
         })
     }
@@ -193,6 +196,11 @@ impl RouteTable {
 
     pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
+    }
+
+    /// Whether a Host or SNI name selects a route.
+    pub fn has_host(&self, host: &str) -> bool {
+        self.by_host.contains_key(normalize_host(host).as_str())
     }
 
     pub fn by_name(&self, name: &str) -> Option<&Arc<Route>> {

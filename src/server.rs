@@ -14,7 +14,9 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::proxy::realms::RealmBook;
 use crate::proxy::{Mirror, Shared};
+use crate::tls::SniRecorder;
 use crate::upstream::Resolver;
+use pingora::listeners::tls::TlsSettings;
 
 /// Why the server cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,7 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
         limits,
         repositories,
         trusted_proxies,
+        tls,
     } = config;
     let cache = Cache::open(&cache_config)
         .map_err(|e| BuildError::Cache(cache_config.dir.display().to_string(), e))?;
@@ -69,6 +72,17 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
     let mut service = http_proxy_service(&server.configuration, Mirror::new(shared));
     for addr in &listen {
         service.add_tcp(&addr.to_string());
+    }
+    if let Some(tls) = tls {
+        for addr in &tls.listen {
+            let mut settings = TlsSettings::with_callbacks(Box::new(SniRecorder))
+                .expect("TLS settings with callbacks are always built");
+            settings.set_cert_resolver(tls.certificates.clone());
+            if tls.http2 {
+                settings.enable_h2();
+            }
+            service.add_tls_with_settings(&addr.to_string(), None, settings);
+        }
     }
     server.add_service(service);
     Ok(server)

@@ -42,6 +42,8 @@ pub struct FileConfig {
     /// Networks whose X-Forwarded-For / X-Forwarded-Proto are believed.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// HTTPS listeners.
+    pub tls: Option<TlsFile>,
     /// `http` or `https`: the scheme clients use to reach the mirror, for auth realms
     /// (needed behind a TLS-terminating load balancer).
     pub public_scheme: Option<String>,
@@ -101,4 +103,36 @@ pub struct RepositoriesFile {
     pub allow: Vec<String>,
     #[serde(default)]
     pub block: Vec<String>,
+}
+
+/// One value or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TlsFile {
+    pub listen: OneOrMany,
+    /// Certificate and key pairs; the first also answers names no certificate covers.
+    pub certificates: Vec<CertificateFile>,
+    /// Offer HTTP/2 by ALPN (default true).
+    pub http2: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CertificateFile {
+    pub cert: String,
+    pub key: String,
 }

@@ -16,6 +16,7 @@ use pingora::server::configuration::ServerConf;
 use crate::guard::{Limits, RepoFilter, TrustedProxies};
 use crate::redirect::{HostPattern, RedirectAction, RedirectPolicy, DEFAULT_MAX_HOPS};
 use crate::routes::{Route, RouteTable, STANDARD_ROUTES};
+use crate::tls::SniCertResolver;
 use crate::upstream::{Origin, Pin};
 use file::FileConfig;
 
@@ -92,6 +93,15 @@ pub struct Config {
     pub limits: Limits,
     pub repositories: RepoFilter,
     pub trusted_proxies: TrustedProxies,
+    pub tls: Option<TlsConfig>,
+}
+
+/// HTTPS listeners with their certificates, loaded and checked.
+#[derive(Debug)]
+pub struct TlsConfig {
+    pub listen: Vec<SocketAddr>,
+    pub certificates: std::sync::Arc<SniCertResolver>,
+    pub http2: bool,
 }
 
 /// Reads and validates a config file.
@@ -326,7 +336,43 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        let tls = match &file.tls {
+            None => None,
+            Some(t) => {
+                let listen = t
+                    .listen
+                    .to_vec()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| {
+                        a.parse::<SocketAddr>().map_err(|_| {
+                            invalid(format!("tls.listen[{i}]"), format!("{a:?} is not ip:port"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if t.certificates.is_empty() {
+                    return Err(invalid(
+                        "tls.certificates",
+                        "at least one certificate is needed",
+                    ));
+                }
+                let pairs: Vec<_> = t
+                    .certificates
+                    .iter()
+                    .map(|c| (PathBuf::from(&c.cert), PathBuf::from(&c.key)))
+                    .collect();
+                let resolver =
+                    SniCertResolver::load(&pairs).map_err(|e| invalid("tls.certificates", e))?;
+                Some(TlsConfig {
+                    listen,
+                    certificates: std::sync::Arc::new(resolver),
+                    http2: t.http2.unwrap_or(true),
+                })
+            }
+        };
+
         Ok(Config {
+            tls,
             limits,
             repositories,
             trusted_proxies: TrustedProxies::new(trusted_proxies),
@@ -495,6 +541,8 @@ cache: { max_size: 1GiB, tag_ttl: 30s }
                 "limits.requests_per_second",
             ),
             ("admin: { listen: nowhere }", "admin.listen"),
+            ("tls: { listen: '127.0.0.1:1', certificates: [{ cert: /nonexistent, key: /nonexistent }] }", "tls.certificates"),
+            ("tls: { listen: 'x', certificates: [] }", "tls.listen[0]"),
         ];
         for (yaml, key) in cases {
             let e = err(yaml);

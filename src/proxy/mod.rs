@@ -33,6 +33,7 @@ use crate::redirect::{is_redirect, RedirectPolicy};
 use crate::registry::auth::rewrite_challenge;
 use crate::registry::{Challenge, RegistryError};
 use crate::routes::RouteTable;
+use crate::tls::SniName;
 use crate::upstream::Resolver;
 
 pub use ctx::RequestCtx;
@@ -485,12 +486,18 @@ impl ProxyHttp for Mirror {
         }
         let client = self.client_info(session);
         ctx.client = Some(client);
+        let sni = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|t| t.extension.get::<SniName>())
+            .map(|n| n.0.as_str());
         let req = session.req_header();
         let incoming = Incoming {
             method: &req.method,
             path: req.uri.path(),
             query: req.uri.query(),
             host: client_host(req),
+            sni,
         };
         let plan = match self.admit(
             client,

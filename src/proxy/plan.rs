@@ -17,8 +17,10 @@ pub struct Incoming<'a> {
     pub method: &'a Method,
     pub path: &'a str,
     pub query: Option<&'a str>,
-    /// The Host header (or TLS SNI name).
+    /// The Host header (HTTP/2 :authority).
     pub host: Option<&'a str>,
+    /// The TLS SNI name, for when the Host names no route.
+    pub sni: Option<&'a str>,
 }
 
 /// A response the mirror writes itself.
@@ -103,6 +105,19 @@ pub fn plan(routes: &RouteTable, req: Incoming<'_>) -> Plan {
     }
     let ns = query_param(req.query, "ns");
     let ns = ns.as_deref();
+    // The SNI name routes when the Host does not (a client that sends an IP as Host).
+    let (host, by_sni) = match (req.host, req.sni) {
+        (Some(h), _) if routes.has_host(h) => (Some(h), false),
+        (_, Some(sni)) if routes.has_host(sni) => (Some(sni), true),
+        (h, _) => (h, false),
+    };
+    let sni_via = |via: Via| {
+        if by_sni && via == Via::Host {
+            Via::Sni
+        } else {
+            via
+        }
+    };
     match path {
         V2Path::Upload { .. } => {
             unsupported("pushing is not supported: this is a read-only mirror".into())
@@ -117,8 +132,8 @@ pub fn plan(routes: &RouteTable, req: Incoming<'_>) -> Plan {
             };
             let (route, via, client_prefix) = match prefixed {
                 Some((route, prefix)) => (route, Via::PathPrefix, Some(prefix)),
-                None => match routes.for_host(req.host, ns) {
-                    Ok((route, via)) => (route, via, None),
+                None => match routes.for_host(host, ns) {
+                    Ok((route, via)) => (route, sni_via(via), None),
                     Err(e) => return Plan::Respond(Canned::Error(no_route(routes, e))),
                 },
             };
@@ -132,10 +147,10 @@ pub fn plan(routes: &RouteTable, req: Incoming<'_>) -> Plan {
                 },
             }
         }
-        path => match routes.route(req.host, ns, path) {
+        path => match routes.route(host, ns, path) {
             Ok(routed) => Plan::Forward {
                 route: routed.route,
-                via: routed.via,
+                via: sni_via(routed.via),
                 target: Target::Registry {
                     path: routed.path,
                     query: query_without_ns(req.query),
@@ -222,6 +237,7 @@ mod tests {
                 path,
                 query,
                 host: Some(host),
+                sni: None,
             },
         )
     }
@@ -338,6 +354,40 @@ mod tests {
             panic!()
         };
         assert_eq!(request.scopes, vec!["repository:library/nginx:pull"]);
+    }
+
+    #[test]
+    fn sni_routes_when_host_does_not() {
+        let t = routes();
+        let incoming = |host, sni| Incoming {
+            method: &Method::GET,
+            path: "/v2/a/b/manifests/1",
+            query: None,
+            host,
+            sni,
+        };
+        let pick = |p: Plan| match p {
+            Plan::Forward { route, via, .. } => (route.name.clone(), via),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            pick(plan(
+                &t,
+                incoming(Some("127.0.0.1:8443"), Some("quay.example.com"))
+            )),
+            ("quay".into(), Via::Sni)
+        );
+        assert_eq!(
+            pick(plan(
+                &t,
+                incoming(Some("ghcr.example.com"), Some("quay.example.com"))
+            )),
+            ("ghcr".into(), Via::Host)
+        );
+        assert_eq!(
+            pick(plan(&t, incoming(Some("x"), Some("unknown.test")))),
+            ("docker".into(), Via::Default)
+        );
     }
 
     #[test]
