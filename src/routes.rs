@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::registry::V2Path;
-use crate::upstream::Origin;
+use crate::upstream::{Credentials, Origin};
 
 /// One upstream registry the mirror serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -30,6 +30,11 @@ pub struct Route {
     pub upstream: Origin,
     /// Docker Hub rules: one-component names live under `library/`.
     pub docker_hub: bool,
+    /// Sent upstream when a client brings no credentials. Never serialised or logged.
+    #[serde(skip)]
+    pub credentials: Option<Credentials>,
+    /// Cached content of this route is served to anyone, without access checks.
+    pub public: bool,
 }
 
 fn display<S: serde::Serializer>(v: &Origin, s: S) -> Result<S::Ok, S::Error> {
@@ -300,6 +305,8 @@ mod tests {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             upstream: Origin::parse(&format!("https://{registry}")).unwrap(),
             docker_hub,
+            credentials: None,
+            public: false,
         }
     }
 

@@ -72,6 +72,8 @@ mod tests {
             hosts: vec![],
             upstream: Origin::parse(upstream).unwrap(),
             docker_hub: true,
+            credentials: None,
+            public: false,
         }
     }
 

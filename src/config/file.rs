@@ -61,6 +61,23 @@ pub struct RouteFile {
     pub registry: Option<String>,
     /// Docker Hub naming rules (`library/`); default true for registry `docker.io`.
     pub docker_hub: Option<bool>,
+    /// Credentials for the upstream, used when a client brings none.
+    pub credentials: Option<CredentialsFile>,
+    /// Content fetched through this route is public: cached entries are served to anyone.
+    pub public: Option<bool>,
+}
+
+/// Upstream credentials: a username with a password, or a bearer token; each secret given
+/// inline, by environment variable, or by file (exactly one way).
+#[derive(Debug, Default, Deserialize)]
+pub struct CredentialsFile {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
+    pub token: Option<String>,
+    pub token_env: Option<String>,
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

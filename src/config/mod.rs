@@ -17,7 +17,7 @@ use crate::guard::{Limits, RepoFilter, TrustedProxies};
 use crate::redirect::{HostPattern, RedirectAction, RedirectPolicy, DEFAULT_MAX_HOPS};
 use crate::routes::{Route, RouteTable, STANDARD_ROUTES};
 use crate::tls::SniCertResolver;
-use crate::upstream::{Origin, Pin};
+use crate::upstream::{Credentials, Origin, Pin};
 use file::FileConfig;
 
 /// A config that cannot be used, with the key it is about.
@@ -389,6 +389,61 @@ impl Config {
     }
 }
 
+/// One secret, given exactly one way: inline, by environment variable, or by file.
+fn secret(
+    path: &str,
+    name: &str,
+    inline: &Option<String>,
+    env: &Option<String>,
+    file: &Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    match (inline, env, file) {
+        (None, None, None) => Ok(None),
+        (Some(v), None, None) => Ok(Some(v.clone())),
+        (None, Some(var), None) => std::env::var(var).map(Some).map_err(|_| {
+            invalid(
+                format!("{path}.{name}_env"),
+                format!("environment variable {var:?} is not set"),
+            )
+        }),
+        (None, None, Some(f)) => std::fs::read_to_string(f)
+            .map(|s| Some(s.trim_end_matches(['\r', '\n']).to_owned()))
+            .map_err(|e| {
+                invalid(
+                    format!("{path}.{name}_file"),
+                    format!("cannot read {f:?}: {e}"),
+                )
+            }),
+        _ => Err(invalid(
+            path,
+            format!("give {name} one way only: {name}, {name}_env or {name}_file"),
+        )),
+    }
+}
+
+/// A route's upstream credentials: username + password, or a token.
+fn credentials(path: &str, c: &file::CredentialsFile) -> Result<Credentials, ConfigError> {
+    let password = secret(
+        path,
+        "password",
+        &c.password,
+        &c.password_env,
+        &c.password_file,
+    )?;
+    let token = secret(path, "token", &c.token, &c.token_env, &c.token_file)?;
+    let made = match (&c.username, password, token) {
+        (Some(user), Some(password), None) => Credentials::basic(user, &password),
+        (None, None, Some(token)) => Credentials::bearer(&token),
+        _ => {
+            return Err(invalid(
+                path,
+                "give a username with a password, or a token (a personal access token goes in password)",
+            ))
+        }
+    };
+    made.map_err(|e| invalid(path, e))
+}
+
 /// The standard routes (hosts under `domain:`), then `routes:` overriding or adding.
 fn build_routes(file: &FileConfig, domain: Option<&str>) -> Result<RouteTable, ConfigError> {
     let mut routes: Vec<Route> = STANDARD_ROUTES
@@ -401,6 +456,8 @@ fn build_routes(file: &FileConfig, domain: Option<&str>) -> Result<RouteTable, C
                 .unwrap_or_default(),
             upstream: Origin::parse(s.upstream).expect("standard upstreams are valid"),
             docker_hub: s.registry == "docker.io",
+            credentials: None,
+            public: false,
         })
         .collect();
     for (name, spec) in &file.routes {
@@ -432,8 +489,14 @@ fn build_routes(file: &FileConfig, domain: Option<&str>) -> Result<RouteTable, C
             (None, Some(i)) => routes[i].registry.clone(),
             (None, None) => upstream.host.clone(),
         };
+        let credentials = match &spec.credentials {
+            Some(c) => Some(credentials(&format!("{path}.credentials"), c)?),
+            None => existing.and_then(|i| routes[i].credentials.clone()),
+        };
         let route = Route {
             name: name.clone(),
+            credentials,
+            public: spec.public.unwrap_or(false),
             docker_hub: spec.docker_hub.unwrap_or(registry == "docker.io"),
             registry,
             hosts,
@@ -543,11 +606,37 @@ cache: { max_size: 1GiB, tag_ttl: 30s }
             ("admin: { listen: nowhere }", "admin.listen"),
             ("tls: { listen: '127.0.0.1:1', certificates: [{ cert: /nonexistent, key: /nonexistent }] }", "tls.certificates"),
             ("tls: { listen: 'x', certificates: [] }", "tls.listen[0]"),
+            ("routes: { docker: { credentials: { username: a } } }", "routes.docker.credentials"),
+            ("routes: { docker: { credentials: { username: a, password: b, password_env: C } } }", "routes.docker.credentials"),
+            ("routes: { docker: { credentials: { username: a, password_env: PULLTHROUGH_TEST_UNSET_VAR } } }", "routes.docker.credentials.password_env"),
+            ("routes: { docker: { credentials: { token_file: /nonexistent/token } } }", "routes.docker.credentials.token_file"),
         ];
         for (yaml, key) in cases {
             let e = err(yaml);
             assert!(e.contains(key), "{yaml:?} gave {e:?}, wanted key {key}");
         }
+    }
+
+    #[test]
+    fn credentials_from_file_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "hunter2\n").unwrap();
+        let c = parse(&format!(
+            "routes: {{ docker: {{ credentials: {{ username: alice, password_file: \"{}\" }}, public: true }} }}",
+            f.display()
+        ))
+        .unwrap();
+        let docker = c.routes.by_name("docker").unwrap();
+        assert_eq!(
+            docker.credentials,
+            Some(Credentials::basic("alice", "hunter2").unwrap())
+        );
+        assert!(docker.public);
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!serde_json::to_string(docker.as_ref())
+            .unwrap()
+            .contains("aHVudGVyMg"));
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::registry::auth::rewrite_challenge;
 use crate::registry::{Challenge, RegistryError};
 use crate::routes::RouteTable;
 use crate::tls::SniName;
-use crate::upstream::Resolver;
+use crate::upstream::{Credentials, Resolver};
 
 pub use ctx::RequestCtx;
 use hops::{HopKind, RedirectOutcome};
@@ -615,11 +615,12 @@ impl ProxyHttp for Mirror {
         let now = std::time::SystemTime::now();
         let stale_if_error = ttl.stale_if_error(path).as_secs() as u32;
         let mut stored = resp.clone();
-        if session
+        let route_public = ctx.route.as_ref().is_some_and(|r| r.public);
+        let with_credentials = session
             .req_header()
             .headers
-            .contains_key(header::AUTHORIZATION)
-        {
+            .contains_key(header::AUTHORIZATION);
+        if with_credentials && !route_public {
             stored.insert_header(PRIVATE_MARK, "1")?;
             self.probe_in_background(ctx);
         }
@@ -723,6 +724,17 @@ impl ProxyHttp for Mirror {
         upstream_request.insert_header(header::HOST, hop.origin.authority())?;
         if !hop.send_authorization {
             upstream_request.remove_header(&header::AUTHORIZATION);
+        } else if !upstream_request.headers.contains_key(header::AUTHORIZATION) {
+            // The client brought none: the route's own credentials, where they belong
+            // (Basic to the token realm, a static token to the registry).
+            let configured = ctx.route.as_ref().and_then(|r| r.credentials.as_ref());
+            match (hop.kind, configured) {
+                (HopKind::Realm, Some(Credentials::Basic(v)))
+                | (HopKind::Registry, Some(Credentials::Bearer(v))) => {
+                    upstream_request.insert_header(header::AUTHORIZATION, v.clone())?;
+                }
+                _ => {}
+            }
         }
         if hop.kind == HopKind::Realm || hop.kind == HopKind::RealmDiscovery {
             upstream_request.set_method(http::Method::GET);

@@ -101,6 +101,11 @@ impl Hub {
         self.mirror_config_with_routes("")
     }
 
+    /// The `resolve:` line pinning the hub's names to loopback.
+    pub fn resolve_line(&self) -> String {
+        format!("resolve: {{ \"{REGISTRY}\": 127.0.0.1, \"{AUTH}\": 127.0.0.1, \"{CDN}\": 127.0.0.1, \"{STORAGE}\": 127.0.0.1 }}\n")
+    }
+
     /// As `mirror_config`, with more route lines (indented two spaces) under `routes:`.
     pub fn mirror_config_with_routes(&self, routes: &str) -> String {
         format!(
