@@ -24,5 +24,7 @@ COPY conf/container.yaml /etc/pullthrough/pullthrough.yaml
 USER pullthrough
 VOLUME ["/etc/pullthrough", "/var/cache/pullthrough"]
 EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=6s --start-period=10s \
+  CMD ["/usr/local/bin/pullthrough", "healthcheck", "http://127.0.0.1:8080/healthz"]
 ENTRYPOINT ["/usr/local/bin/pullthrough"]
 CMD ["-c", "/etc/pullthrough/pullthrough.yaml"]

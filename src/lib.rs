@@ -12,6 +12,7 @@ pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod guard;
+pub mod healthcheck;
 pub mod metrics;
 pub mod proxy;
 pub mod redirect;

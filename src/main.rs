@@ -6,6 +6,19 @@ use std::process::ExitCode;
 use pingora::prelude::Opt;
 
 fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("healthcheck") {
+        let url = args
+            .next()
+            .unwrap_or_else(|| pullthrough::healthcheck::DEFAULT_URL.to_owned());
+        return match pullthrough::healthcheck::check(&url) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pullthrough: {url}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let mut opt = Opt::parse_args();
     let Some(path) = opt.conf.take() else {

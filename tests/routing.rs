@@ -211,3 +211,19 @@ fn test_flag_validates_config() {
         assert!(run(&path).status.success(), "{shipped}");
     }
 }
+
+#[test]
+fn healthcheck_subcommand() {
+    let mirror = Mirror::start("");
+    let run = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_pullthrough"))
+            .args(["healthcheck", url])
+            .output()
+            .unwrap()
+    };
+    assert!(run(&mirror.url("/healthz")).status.success());
+    assert!(!run(&mirror.url("/nope")).status.success());
+    let closed = format!("http://127.0.0.1:{}/healthz", common::free_port());
+    assert!(!run(&closed).status.success());
+    assert!(!run("https://127.0.0.1/healthz").status.success());
+}
