@@ -30,6 +30,9 @@ pub enum Canned {
     RedirectToV2,
     /// `/healthz`.
     Healthy,
+    /// `/v2/` on a name that routes nowhere: the mirror speaks the API itself. Path-prefix
+    /// clients (podman's `registries.conf` mirrors) ping the mirror's own name first.
+    ApiVersion,
     Error(RegistryError),
     /// Over a per-client limit: 429 with `Retry-After`.
     TooMany(std::time::Duration),
@@ -119,6 +122,9 @@ pub fn plan(routes: &RouteTable, req: Incoming<'_>) -> Plan {
         }
     };
     match path {
+        V2Path::Ping if ns.is_none() && routes.for_host(host, None).is_err() => {
+            Plan::Respond(Canned::ApiVersion)
+        }
         V2Path::Upload { .. } => {
             unsupported("pushing is not supported: this is a read-only mirror".into())
         }

@@ -23,6 +23,17 @@ pub async fn send(session: &mut Session, canned: &Canned) -> Result<u16> {
             session.write_response_header(Box::new(resp), true).await?;
             Ok(301)
         }
+        Canned::ApiVersion => {
+            write(
+                session,
+                200,
+                "application/json",
+                Bytes::from_static(b"{}"),
+                &[],
+            )
+            .await?;
+            Ok(200)
+        }
         Canned::Healthy => {
             write(session, 200, "text/plain", Bytes::from_static(b"ok\n"), &[]).await?;
             Ok(200)
