@@ -117,3 +117,63 @@ async fn upgrade_hands_over_without_dropping_requests() {
         "the blob was fetched again after the upgrade"
     );
 }
+
+#[test]
+fn daemon_writes_pid_file_and_error_log_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let port = common::free_port();
+    let conf = dir.path().join("pullthrough.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "pingora: {{ threads: 1, pid_file: \"{d}/pullthrough.pid\", error_log: \"{d}/error.log\", upgrade_sock: \"{d}/up.sock\", grace_period_seconds: 1, graceful_shutdown_timeout_seconds: 1 }}\nlisten: [\"127.0.0.1:{port}\"]\ncache: {{ dir: \"{d}/cache\" }}\n"
+        ),
+    )
+    .unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_pullthrough"))
+        .args(["-d", "-c"])
+        .arg(&conf)
+        .env("RUST_LOG", "info")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pid_file = dir.path().join("pullthrough.pid");
+    let mut pid = None;
+    for _ in 0..200 {
+        if let Ok(text) = std::fs::read_to_string(&pid_file) {
+            if let Ok(p) = text.trim().parse::<u32>() {
+                pid = Some(p);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let pid = pid.expect("no pid file");
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let mut healthy = false;
+    for _ in 0..200 {
+        if pullthrough::healthcheck::check(&url).is_ok() {
+            healthy = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(healthy, "the daemon does not answer");
+    let term = std::process::Command::new("kill")
+        .args(["-s", "TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    for _ in 0..600 {
+        if !proc_dir.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!proc_dir.exists(), "the daemon did not stop on SIGTERM");
+    assert!(pullthrough::healthcheck::check(&url).is_err());
+    let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap();
+    assert!(log.contains("SIGTERM received"), "{log}");
+}
