@@ -23,18 +23,6 @@ fn config(hub: &Hub, extra: &str) -> String {
     )
 }
 
-async fn token(c: &reqwest::Client, mirror: &Mirror, repo: &str) -> String {
-    let r = hub::token_via(
-        c,
-        &mirror.url("/v2/auth"),
-        &format!("repository:{repo}:pull"),
-        None,
-    )
-    .await;
-    let body: serde_json::Value = r.json().await.unwrap();
-    body["token"].as_str().unwrap().to_owned()
-}
-
 async fn get(c: &reqwest::Client, url: String, tok: &str) -> reqwest::Response {
     c.get(url).bearer_auth(tok).send().await.unwrap()
 }
@@ -65,7 +53,7 @@ async fn second_pull_asks_nothing_and_tags_cost_one_head() {
     let manifest = hub.add_manifest("library/app", "latest", &blob);
     let mirror = Mirror::start(&config(&hub, "cache: { tag_ttl: 1s }\n"));
     let c = common::client(&[], mirror.addr());
-    let tok = token(&c, &mirror, "library/app").await;
+    let tok = hub::pull_token(&c, &mirror, "library/app", None).await;
     let urls = [
         mirror.url("/v2/app/manifests/latest"),
         mirror.url(&format!("/v2/app/manifests/{}", manifest.digest)),
@@ -145,7 +133,7 @@ async fn changed_tag_is_fetched_and_stale_tag_served_when_upstream_fails() {
     let first = hub.add_manifest("library/app", "v", &blob);
     let mirror = Mirror::start(&config(&hub, "cache: { tag_ttl: 1s }\n"));
     let c = common::client(&[], mirror.addr());
-    let tok = token(&c, &mirror, "library/app").await;
+    let tok = hub::pull_token(&c, &mirror, "library/app", None).await;
     let url = mirror.url("/v2/app/manifests/v");
     assert_eq!(
         get(&c, url.clone(), &tok).await.bytes().await.unwrap(),
@@ -185,7 +173,7 @@ async fn twenty_cold_requests_one_fetch_streamed_to_all() {
     let gate = hub.gate(&blob);
     let mirror = Mirror::start(&config(&hub, ""));
     let c = common::client(&[], mirror.addr());
-    let tok = token(&c, &mirror, "library/big").await;
+    let tok = hub::pull_token(&c, &mirror, "library/big", None).await;
     let url = mirror.url(&format!("/v2/library/big/blobs/{blob}"));
 
     // Each client reports its first bytes; the upstream is held at half the blob meanwhile.
@@ -241,7 +229,7 @@ async fn poisoned_upstream_leaves_nothing() {
     hub.poison(&blob, noise(2 * MIB, 12));
     let mirror = Mirror::start(&config(&hub, ""));
     let c = common::client(&[], mirror.addr());
-    let tok = token(&c, &mirror, "library/p").await;
+    let tok = hub::pull_token(&c, &mirror, "library/p", None).await;
     let url = mirror.url(&format!("/v2/library/p/blobs/{blob}"));
     let r = get(&c, url.clone(), &tok).await;
     // The body started, so the connection is cut: the client never gets a complete body.
@@ -266,7 +254,7 @@ async fn head_and_ranges_from_cache() {
     let blob = hub.add_blob(data.clone());
     let mirror = Mirror::start(&config(&hub, ""));
     let c = common::client(&[], mirror.addr());
-    let tok = token(&c, &mirror, "library/r").await;
+    let tok = hub::pull_token(&c, &mirror, "library/r", None).await;
     let url = mirror.url(&format!("/v2/library/r/blobs/{blob}"));
 
     // A Range request on a miss gets its range and fills the whole blob once. (Its own
@@ -326,7 +314,7 @@ async fn restart_keeps_entries_and_max_size_evicts_lru() {
 
     let mirror = Mirror::start(&config(&hub, &cache_cfg));
     let c = common::client(&[], mirror.addr());
-    let tok = token(&c, &mirror, "library/lru").await;
+    let tok = hub::pull_token(&c, &mirror, "library/lru", None).await;
     for b in &blobs[..2] {
         get(&c, url(&mirror, b), &tok).await.bytes().await.unwrap();
     }
@@ -380,7 +368,7 @@ async fn sigkill_mid_fill_leaves_nothing_served() {
 
     let mut mirror = Mirror::start(&config(&hub, &cache_cfg));
     let c = common::client(&[], mirror.addr());
-    let tok = token(&c, &mirror, "library/k").await;
+    let tok = hub::pull_token(&c, &mirror, "library/k", None).await;
     let url = mirror.url(&format!("/v2/library/k/blobs/{blob}"));
     let pending = tokio::spawn({
         let (c, url, tok) = (c.clone(), url.clone(), tok.clone());
@@ -430,7 +418,7 @@ async fn client_that_disconnects_does_not_abort_the_fill() {
     let gate = hub.gate(&blob);
     let mirror = Mirror::start(&config(&hub, ""));
     let c = common::client(&[], mirror.addr());
-    let tok = token(&c, &mirror, "library/d").await;
+    let tok = hub::pull_token(&c, &mirror, "library/d", None).await;
     let url = mirror.url(&format!("/v2/library/d/blobs/{blob}"));
 
     // The only client reads its first bytes, then goes away while the upstream is held.

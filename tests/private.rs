@@ -15,23 +15,6 @@ fn config(hub: &Hub) -> String {
     )
 }
 
-async fn token(
-    c: &reqwest::Client,
-    mirror: &Mirror,
-    repo: &str,
-    basic: Option<(&str, &str)>,
-) -> String {
-    let r = hub::token_via(
-        c,
-        &mirror.url("/v2/auth"),
-        &format!("repository:{repo}:pull"),
-        basic,
-    )
-    .await;
-    let body: serde_json::Value = r.json().await.unwrap();
-    body["token"].as_str().unwrap().to_owned()
-}
-
 fn cache_status(r: &reqwest::Response) -> &str {
     r.headers()
         .get("x-cache-status")
@@ -48,7 +31,7 @@ async fn private_blob_needs_accepted_credentials() {
     let c = common::client(&[], mirror.addr());
     let url = mirror.url(&format!("/v2/{PRIVATE_REPO}/blobs/{blob}"));
 
-    let alice = token(&c, &mirror, PRIVATE_REPO, Some((USER, PASSWORD))).await;
+    let alice = hub::pull_token(&c, &mirror, PRIVATE_REPO, Some((USER, PASSWORD))).await;
     let r = c.get(&url).bearer_auth(&alice).send().await.unwrap();
     assert_eq!((r.status().as_u16(), cache_status(&r)), (200, "miss"));
     assert_eq!(common::sha256(&r.bytes().await.unwrap()), blob);
@@ -63,7 +46,7 @@ async fn private_blob_needs_accepted_credentials() {
         .unwrap()
         .contains("/v2/auth"));
     // An anonymous token, which the upstream refuses for this repository: 401 as well.
-    let anon = token(&c, &mirror, PRIVATE_REPO, None).await;
+    let anon = hub::pull_token(&c, &mirror, PRIVATE_REPO, None).await;
     let r = c.get(&url).bearer_auth(&anon).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(
@@ -93,7 +76,7 @@ async fn public_blob_is_served_to_anyone() {
     let mirror = Mirror::start(&config(&hub));
     let c = common::client(&[], mirror.addr());
     let url = mirror.url(&format!("/v2/library/pub/blobs/{blob}"));
-    let tok = token(&c, &mirror, "library/pub", None).await;
+    let tok = hub::pull_token(&c, &mirror, "library/pub", None).await;
     c.get(&url)
         .bearer_auth(&tok)
         .send()

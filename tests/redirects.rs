@@ -7,25 +7,13 @@ mod common;
 use common::hub::{self, Hub, CDN, REGISTRY, STORAGE};
 use common::Mirror;
 
-async fn pull_token(c: &reqwest::Client, mirror: &Mirror, repo: &str) -> String {
-    let r = hub::token_via(
-        c,
-        &mirror.url("/v2/auth"),
-        &format!("repository:{repo}:pull"),
-        None,
-    )
-    .await;
-    let body: serde_json::Value = r.json().await.unwrap();
-    body["token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn cdn_followed_storage_to_client() {
     let hub = Hub::start().await;
     let digest = hub.add_blob(vec![7u8; 100_000]);
     let mirror = Mirror::start(&format!("default_route: docker\n{}", hub.mirror_config()));
     let c = common::client(&[], mirror.addr());
-    let tok = pull_token(&c, &mirror, "library/data").await;
+    let tok = hub::pull_token(&c, &mirror, "library/data", None).await;
 
     let r = c
         .get(mirror.url(&format!("/v2/data/blobs/{digest}")))
@@ -68,7 +56,7 @@ async fn storage_followed_when_configured() {
     );
     let mirror = Mirror::start(&config);
     let c = common::client(&[], mirror.addr());
-    let tok = pull_token(&c, &mirror, "library/data").await;
+    let tok = hub::pull_token(&c, &mirror, "library/data", None).await;
 
     let r = c
         .get(mirror.url(&format!("/v2/library/data/blobs/{digest}")))
@@ -101,7 +89,7 @@ async fn relative_location_and_loops() {
     let c = common::client(&[], mirror.addr());
 
     // Relative Location: resolved against the registry's URL and followed there.
-    let tok = pull_token(&c, &mirror, "library/data").await;
+    let tok = hub::pull_token(&c, &mirror, "library/data", None).await;
     let r = c
         .get(mirror.url(&format!("/v2/data/blobs/{digest}?relative=1")))
         .bearer_auth(&tok)
@@ -116,7 +104,7 @@ async fn relative_location_and_loops() {
         .any(|s| s.path_and_query == format!("/direct/{}", &digest[7..])));
 
     // A loop: 1 hop to the CDN, then the CDN redirects to itself until max_hops.
-    let tok = pull_token(&c, &mirror, "library/loop").await;
+    let tok = hub::pull_token(&c, &mirror, "library/loop", None).await;
     let zero = format!("sha256:{}", "0".repeat(64));
     let r = c
         .get(mirror.url(&format!("/v2/loop/blobs/{zero}")))

@@ -75,3 +75,65 @@ impl Cache {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use pingora::cache::eviction::EvictionManager;
+    use pingora::cache::trace::Span;
+    use pingora::cache::{CacheKey, CacheMeta, Storage};
+    use pingora::http::ResponseHeader;
+
+    use super::*;
+
+    fn config(dir: &std::path::Path, max_size: u64) -> CacheConfig {
+        CacheConfig {
+            dir: dir.to_owned(),
+            max_size,
+            tag_ttl: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn restart_admits_what_is_on_disk_and_evicts_to_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Cache::open(&config(dir.path(), 1 << 20)).unwrap();
+        let span = Span::inactive().handle();
+        let now = std::time::SystemTime::now();
+        for i in 0..3 {
+            let meta = CacheMeta::new(now, now, 0, 0, ResponseHeader::build(200, None).unwrap());
+            let key = CacheKey::new(format!("k{i}"), "t");
+            let mut miss = first
+                .storage
+                .get_miss_handler(&key, &meta, &span)
+                .await
+                .unwrap();
+            miss.write_body(Bytes::from(vec![i as u8; 1000]), true)
+                .await
+                .unwrap();
+            miss.finish().await.unwrap();
+        }
+        let same = Cache::open(&config(dir.path(), 1 << 20)).unwrap();
+        assert_eq!(
+            (same.eviction.total_items(), same.eviction.total_size()),
+            (3, 3000)
+        );
+        // The operator shrank max_size: the surplus goes at start.
+        let smaller = Cache::open(&config(dir.path(), 2500)).unwrap();
+        assert_eq!(
+            (
+                smaller.eviction.total_items(),
+                smaller.eviction.total_size()
+            ),
+            (2, 2000)
+        );
+        let left = Cache::open(&config(dir.path(), 1 << 20)).unwrap();
+        assert_eq!(
+            left.eviction.total_items(),
+            2,
+            "evicted entries were not removed from disk"
+        );
+    }
+}

@@ -445,6 +445,19 @@ async fn storage(State(hub): State<Hub>, req: Request) -> Response {
     }
 }
 
+/// The token the mirror's realm hands out for pulling `repo` (with `basic` credentials).
+pub async fn pull_token(
+    client: &reqwest::Client,
+    mirror: &super::Mirror,
+    repo: &str,
+    basic: Option<(&str, &str)>,
+) -> String {
+    let scope = format!("repository:{repo}:pull");
+    let r = token_via(client, &mirror.url("/v2/auth"), &scope, basic).await;
+    let body: serde_json::Value = r.json().await.expect("token JSON");
+    body["token"].as_str().expect("token").to_owned()
+}
+
 /// A mirror client's view: the token the mirror's realm hands out for `scope`.
 pub async fn token_via(
     client: &reqwest::Client,

@@ -62,18 +62,7 @@ impl Mirror {
         let conf = dir.path().join("pullthrough.yaml");
         std::fs::write(&conf, config).expect("write config");
         let log = dir.path().join("mirror.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_pullthrough"))
-            .arg("-c")
-            .arg(&conf)
-            .env(
-                "RUST_LOG",
-                std::env::var("MIRROR_LOG")
-                    .unwrap_or_else(|_| "pullthrough=debug,pingora=warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start pullthrough");
+        let child = spawn(&[], &conf, &log);
         let mut mirror = Mirror {
             port,
             dir,
@@ -127,19 +116,7 @@ impl Mirror {
         let log = dir.path().join("mirror.log");
         let sock = self.dir.path().join("upgrade.sock");
         let _ = std::fs::remove_file(&sock);
-        let child = Command::new(env!("CARGO_BIN_EXE_pullthrough"))
-            .arg("-u")
-            .arg("-c")
-            .arg(self.config_path())
-            .env(
-                "RUST_LOG",
-                std::env::var("MIRROR_LOG")
-                    .unwrap_or_else(|_| "pullthrough=debug,pingora=warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start the new pullthrough");
+        let child = spawn(&["-u"], &self.config_path(), &log);
         for _ in 0..200 {
             if sock.exists() {
                 break;
@@ -184,6 +161,22 @@ impl Mirror {
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("pullthrough.yaml")
     }
+}
+
+/// Starts `pullthrough <flags> -c <conf>`, logging to `log` (`MIRROR_LOG` sets RUST_LOG).
+fn spawn(flags: &[&str], conf: &Path, log: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_pullthrough"))
+        .args(flags)
+        .arg("-c")
+        .arg(conf)
+        .env(
+            "RUST_LOG",
+            std::env::var("MIRROR_LOG").unwrap_or_else(|_| "pullthrough=debug,pingora=warn".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("start pullthrough")
 }
 
 impl Drop for Mirror {
