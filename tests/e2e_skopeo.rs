@@ -56,7 +56,11 @@ fn skopeo_pulls_through_every_way_in() {
         assert_eq!(multi, direct_multi, "{way}");
     }
     let log = mirror.log();
-    for via in ["via=host", "via=default route", "via=path prefix"] {
+    for via in [
+        "route local by host",
+        "route local by default route",
+        "route local by path prefix",
+    ] {
         assert!(log.contains(via), "no {via} in the log:\n{log}");
     }
 }
@@ -99,6 +103,9 @@ async fn skopeo_through_token_auth_registry() {
         );
         let log = mirror.log();
         assert!(log.contains("upstream token realm is"), "{log}");
-        assert!(log.contains("GET /v2/auth route=secure"), "{log}");
+        assert!(
+            log.contains("GET /v2/auth: route secure by default route"),
+            "{log}"
+        );
     });
 }

@@ -165,7 +165,7 @@ async fn certificates_by_sni_h2_and_https_realm() {
     assert_eq!(r.status(), 401);
     let log = mirror.log();
     assert!(
-        log.contains("GET /v2/sni/check/manifests/1 route=quay via=sni"),
+        log.contains("GET /v2/sni/check/manifests/1: route quay by sni"),
         "{log}"
     );
 }
