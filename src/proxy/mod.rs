@@ -45,11 +45,11 @@ use plan::{Canned, Incoming, Plan};
 use realms::RealmBook;
 use token::UpstreamRealm;
 
-/// The error type of a deliberate re-dispatch (a followed redirect, a learned realm): Pingora
-/// retries it with the same context, and nothing has reached the client yet.
 /// Log target of every cache decision: `RUST_LOG=pullthrough::cache=debug` explains them.
 const CACHE_LOG: &str = "pullthrough::cache";
 
+/// The error type of a deliberate re-dispatch (a followed redirect, a learned realm): Pingora
+/// retries it with the same context, and nothing has reached the client yet.
 const REDISPATCH: ErrorType = ErrorType::Custom("pullthrough-redispatch");
 
 /// What every request shares, built once at start.
