@@ -46,6 +46,12 @@ use super::verify::{ContentCheck, Verifier};
 
 /// Bytes read from disk per body chunk.
 const CHUNK: usize = 512 * 1024;
+/// Entries with bodies up to this size (manifests, image configs) are also kept in memory, so
+/// their hits never wait on the blocking pool (a thread hand-off per file operation dominated
+/// the manifest hit path when measured).
+const HOT_BODY_MAX: usize = 256 * 1024;
+/// Memory the hot set may hold, bodies and metadata.
+const HOT_BUDGET: usize = 64 * 1024 * 1024;
 const MAGIC: &[u8; 4] = b"PTC1";
 
 /// Counters the storage keeps (read by metrics and tests).
@@ -72,12 +78,78 @@ struct Fill {
     progress: watch::Receiver<Progress>,
 }
 
+/// A small committed entry held in memory as well as on disk.
+struct HotEntry {
+    meta: (Vec<u8>, Vec<u8>),
+    body: Bytes,
+}
+
+impl HotEntry {
+    fn weight(&self) -> usize {
+        self.body.len() + self.meta.0.len() + self.meta.1.len()
+    }
+}
+
+/// The in-memory copies of small entries, within `HOT_BUDGET`. It mirrors this process's
+/// commits, purges and meta updates; entries on disk are read in on their first hit.
+#[derive(Default)]
+struct HotSet {
+    entries: HashMap<String, Arc<HotEntry>>,
+    bytes: usize,
+    /// Bumped by every commit, purge and meta update, so a lookup that read the disk before
+    /// one of them does not put what it read back in.
+    changes: u64,
+}
+
+impl HotSet {
+    /// What a lookup read from disk, unless the cache changed since `seen`.
+    fn fill(&mut self, hash: String, entry: HotEntry, seen: u64) {
+        if self.changes == seen {
+            self.put(hash, entry);
+        }
+    }
+
+    fn insert(&mut self, hash: String, entry: HotEntry) {
+        self.changes += 1;
+        self.put(hash, entry);
+    }
+
+    fn remove(&mut self, hash: &str) {
+        self.changes += 1;
+        self.evict(hash);
+    }
+
+    fn put(&mut self, hash: String, entry: HotEntry) {
+        self.evict(&hash);
+        let weight = entry.weight();
+        if weight > HOT_BUDGET {
+            return;
+        }
+        while self.bytes + weight > HOT_BUDGET {
+            // Any victim will do: the disk still has it.
+            let Some(victim) = self.entries.keys().next().cloned() else {
+                break;
+            };
+            self.evict(&victim);
+        }
+        self.bytes += weight;
+        self.entries.insert(hash, Arc::new(entry));
+    }
+
+    fn evict(&mut self, hash: &str) {
+        if let Some(old) = self.entries.remove(hash) {
+            self.bytes -= old.weight();
+        }
+    }
+}
+
 /// The disk cache storage.
 pub struct DiskStorage {
     objects: PathBuf,
     tmp: PathBuf,
     fills: Mutex<HashMap<String, Fill>>,
     next_id: AtomicU64,
+    hot: Mutex<HotSet>,
     pub stats: StorageStats,
 }
 
@@ -194,10 +266,15 @@ impl DiskStorage {
             objects,
             tmp,
             fills: Mutex::new(HashMap::new()),
+            hot: Mutex::new(HotSet::default()),
             // Generations must not repeat across restarts: start from the clock.
             next_id: AtomicU64::new(now.as_nanos() as u64),
             stats: StorageStats::default(),
         })
+    }
+
+    fn lock_hot(&self) -> std::sync::MutexGuard<'_, HotSet> {
+        self.hot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_fills(&self) -> std::sync::MutexGuard<'_, HashMap<String, Fill>> {
@@ -226,6 +303,7 @@ impl DiskStorage {
             self.stats.corrupt_entries.fetch_add(1, Ordering::Relaxed);
             let _ = std::fs::remove_file(&meta_path);
             self.remove_bodies(hash);
+            self.lock_hot().remove(hash);
         };
         let Some(sidecar) = Sidecar::decode(&buf) else {
             damaged("unreadable sidecar");
@@ -253,6 +331,7 @@ impl DiskStorage {
         let hash = key.combined();
         let _ = std::fs::remove_file(self.meta_path(&hash));
         self.remove_bodies(&hash);
+        self.lock_hot().remove(&hash);
     }
 
     /// Removes every body generation of an entry whose sidecar is gone or unreadable.
@@ -334,6 +413,8 @@ impl DiskStorage {
 
 /// A cache hit: a committed body, or a fill in progress that is tailed.
 enum DiskHit {
+    /// A small entry served from memory.
+    Memory { body: Bytes, pos: usize, end: usize },
     Complete {
         file: Arc<File>,
         len: u64,
@@ -363,6 +444,14 @@ async fn read_chunk(file: &Arc<File>, pos: u64, len: usize) -> Result<Bytes> {
 impl HandleHit for DiskHit {
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
         match self {
+            DiskHit::Memory { body, pos, end } => {
+                if *pos >= *end {
+                    return Ok(None);
+                }
+                let chunk = body.slice(*pos..*end);
+                *pos = *end;
+                Ok(Some(chunk))
+            }
             DiskHit::Complete { file, pos, end, .. } => {
                 if *pos >= *end {
                     return Ok(None);
@@ -421,6 +510,21 @@ impl HandleHit for DiskHit {
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
         match self {
+            DiskHit::Memory {
+                body,
+                pos,
+                end: stop,
+            } => {
+                if start >= body.len() {
+                    return Error::e_explain(
+                        InternalError,
+                        format!("seek {start} past the end {}", body.len()),
+                    );
+                }
+                *pos = start;
+                *stop = end.map_or(body.len(), |e| e.min(body.len()));
+                Ok(())
+            }
             DiskHit::Complete {
                 len,
                 pos,
@@ -446,11 +550,12 @@ impl HandleHit for DiskHit {
     }
 
     fn should_count_access(&self) -> bool {
-        matches!(self, DiskHit::Complete { .. })
+        !matches!(self, DiskHit::Partial { .. })
     }
 
     fn get_eviction_weight(&self) -> usize {
         match self {
+            DiskHit::Memory { body, .. } => body.len(),
             DiskHit::Complete { len, .. } => *len as usize,
             DiskHit::Partial { .. } => 0,
         }
@@ -478,6 +583,8 @@ pub struct DiskMiss {
     written: u64,
     key: CompactCacheKey,
     meta: (Vec<u8>, Vec<u8>),
+    /// A copy of the body while it is small enough for the hot set.
+    small: Option<Vec<u8>>,
     progress: watch::Sender<Progress>,
     committed: bool,
 }
@@ -504,6 +611,10 @@ impl HandleMiss for DiskMiss {
         };
         let offset = self.written;
         let len = data.len() as u64;
+        match &mut self.small {
+            Some(copy) if copy.len() + data.len() <= HOT_BODY_MAX => copy.extend_from_slice(&data),
+            _ => self.small = None,
+        }
         let (file, verifier, result) = blocking(move || {
             verifier.update(&data);
             let r = file.write_all_at(&data, offset);
@@ -547,7 +658,7 @@ impl HandleMiss for DiskMiss {
             generation,
             body_len: self.written,
             key: self.key.clone(),
-            meta: std::mem::take(&mut self.meta),
+            meta: self.meta.clone(),
         };
         let commit = blocking(move || -> std::io::Result<()> {
             file.sync_data()?;
@@ -577,6 +688,14 @@ impl HandleMiss for DiskMiss {
             return Err(internal("cache commit failed", e));
         }
         self.committed = true;
+        let hot = self.small.take().map(|body| HotEntry {
+            meta: std::mem::take(&mut self.meta),
+            body: Bytes::from(body),
+        });
+        match hot {
+            Some(entry) => self.storage.lock_hot().insert(self.hash.clone(), entry),
+            None => self.storage.lock_hot().remove(&self.hash),
+        }
         self.progress.send_replace(Progress::Done(self.written));
         {
             let mut fills = self.storage.lock_fills();
@@ -625,17 +744,56 @@ impl Storage for DiskStorage {
         if let Some(fill) = self.lock_fills().get(&hash) {
             return Self::partial_hit(fill).map(Some);
         }
-        let found = blocking(move || self.read_committed(&hash)).await?;
-        let Some((sidecar, file)) = found else {
+        let (hot, seen) = {
+            let set = self.lock_hot();
+            (set.entries.get(&hash).cloned(), set.changes)
+        };
+        if let Some(entry) = hot {
+            let meta = CacheMeta::deserialize(&entry.meta.0, &entry.meta.1)?;
+            let end = entry.body.len();
+            let hit = DiskHit::Memory {
+                body: entry.body.clone(),
+                pos: 0,
+                end,
+            };
+            return Ok(Some((meta, Box::new(hit))));
+        }
+        let found = blocking(move || {
+            let (sidecar, file) = self.read_committed(&hash)?;
+            // A small body comes in whole, for the hot set.
+            let body = if sidecar.body_len as usize <= HOT_BODY_MAX {
+                let mut buf = vec![0u8; sidecar.body_len as usize];
+                file.read_exact_at(&mut buf, 0)
+                    .ok()
+                    .map(|_| Bytes::from(buf))
+            } else {
+                None
+            };
+            Some((hash, sidecar, file, body))
+        })
+        .await?;
+        let Some((hash, sidecar, file, body)) = found else {
             return Ok(None);
         };
         let meta = match CacheMeta::deserialize(&sidecar.meta.0, &sidecar.meta.1) {
             Ok(m) => m,
             Err(e) => {
-                warn!("cache entry {} has unreadable meta: {e}", key.combined());
+                warn!("cache entry {hash} has unreadable meta: {e}");
                 return Ok(None);
             }
         };
+        if let Some(body) = body {
+            let end = body.len();
+            let entry = HotEntry {
+                meta: sidecar.meta,
+                body: body.clone(),
+            };
+            self.lock_hot().fill(hash, entry, seen);
+            return Ok(Some((
+                meta,
+                Box::new(DiskHit::Memory { body, pos: 0, end }),
+            )));
+        }
         let len = sidecar.body_len;
         let hit = DiskHit::Complete {
             file: Arc::new(file),
@@ -709,6 +867,7 @@ impl Storage for DiskStorage {
             written: 0,
             key: key.to_compact(),
             meta: serialized,
+            small: Some(Vec::new()),
             progress: tx,
             committed: false,
         }))
@@ -724,6 +883,7 @@ impl Storage for DiskStorage {
             return Ok(PurgeOutcome::NotFound);
         }
         let hash = target.key().combined();
+        self.lock_hot().remove(&hash);
         let removed = blocking(move || {
             let sidecar = std::fs::read(self.meta_path(&hash))
                 .ok()
@@ -763,6 +923,14 @@ impl Storage for DiskStorage {
             f.write_all(&sidecar.encode())?;
             f.sync_data()?;
             std::fs::rename(&tmp, self.meta_path(&hash))?;
+            let mut hot = self.lock_hot();
+            if let Some(entry) = hot.entries.get(&hash).cloned() {
+                let refreshed = HotEntry {
+                    meta: sidecar.meta,
+                    body: entry.body.clone(),
+                };
+                hot.insert(hash, refreshed);
+            }
             Ok(true)
         })
         .await?
@@ -958,14 +1126,21 @@ mod tests {
                 .find(|p| p.to_string_lossy().ends_with(damage))
                 .unwrap();
             std::fs::write(&target, b"junk").unwrap();
-            assert!(s.lookup(&key, &span()).await.unwrap().is_none(), "{damage}");
+            // Damage is found when the disk is read: after a restart (this process still
+            // holds the small entry in memory).
+            let restarted: &'static DiskStorage =
+                Box::leak(Box::new(DiskStorage::open(dir.path()).unwrap()));
+            assert!(
+                restarted.lookup(&key, &span()).await.unwrap().is_none(),
+                "{damage}"
+            );
             assert!(
                 files(dir.path()).is_empty(),
                 "{damage}: {:?}",
                 files(dir.path())
             );
+            assert_eq!(restarted.stats.corrupt_entries.load(Ordering::Relaxed), 1);
         }
-        assert_eq!(s.stats.corrupt_entries.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]
@@ -1012,6 +1187,37 @@ mod tests {
         let waiting = tokio::spawn(async move { reader.read_body().await });
         drop(miss);
         assert!(waiting.await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn small_entries_are_served_from_memory() {
+        let (s, dir) = storage();
+        let key = CacheKey::new("manifest", "docker");
+        let mut miss = s
+            .get_miss_handler(&key, &meta(None), &span())
+            .await
+            .unwrap();
+        miss.write_body(Bytes::from_static(b"{\"schemaVersion\":2}"), true)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+        // The files are gone, the hit still comes: from memory, without the blocking pool.
+        for f in walk(dir.path()) {
+            std::fs::remove_file(f).unwrap();
+        }
+        let (_, mut hit) = s.lookup(&key, &span()).await.unwrap().unwrap();
+        hit.seek(1, Some(5)).unwrap();
+        assert_eq!(read_all(&mut hit).await, b"\"sch");
+        // A purge drops the memory copy too.
+        let compact = key.to_compact();
+        s.purge(
+            PurgeTarget::Active(&compact),
+            PurgeType::Invalidation,
+            &span(),
+        )
+        .await
+        .unwrap();
+        assert!(s.lookup(&key, &span()).await.unwrap().is_none());
     }
 
     #[tokio::test]
