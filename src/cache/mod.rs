@@ -4,8 +4,10 @@
 
 pub mod access;
 pub mod disk;
+mod hot;
 pub mod key;
 pub mod policy;
+mod sidecar;
 pub mod verify;
 
 use std::time::{Duration, SystemTime};
