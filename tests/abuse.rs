@@ -131,17 +131,7 @@ async fn concurrent_blob_downloads_per_client() {
         hub.mirror_config()
     ));
     let c = common::client(&[], mirror.addr());
-    let tok: serde_json::Value = hub::token_via(
-        &c,
-        &mirror.url("/v2/auth"),
-        "repository:library/b:pull",
-        None,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    let tok = tok["token"].as_str().unwrap().to_owned();
+    let tok = hub::pull_token(&c, &mirror, "library/b", None).await;
     let url = mirror.url(&format!("/v2/library/b/blobs/{blob}"));
     let first = {
         let (c, url, tok) = (c.clone(), url.clone(), tok.clone());

@@ -34,9 +34,7 @@ async fn upgrade_hands_over_without_dropping_requests() {
     );
     let mut old = Mirror::start(&config);
     let c = common::client(&[], old.addr());
-    let r = hub::token_via(&c, &old.url("/v2/auth"), "repository:library/up:pull", None).await;
-    let tok: serde_json::Value = r.json().await.unwrap();
-    let tok = tok["token"].as_str().unwrap().to_owned();
+    let tok = hub::pull_token(&c, &old, "library/up", None).await;
     let urls = Arc::new([
         old.url(&format!("/v2/library/up/manifests/{}", manifest.digest)),
         old.url(&format!("/v2/library/up/blobs/{blob}")),

@@ -6,6 +6,7 @@ use http::{HeaderValue, Method};
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
+use pingora::protocols::http::client::HttpSession;
 
 use super::{Origin, Resolver};
 use crate::config::UpstreamConfig;
@@ -50,8 +51,7 @@ impl SideClient {
         let session = self
             .send(resolver, timeouts, Method::HEAD, origin, path, headers)
             .await?;
-        let resp = session.response_header().cloned();
-        resp.ok_or_else(|| SideError::Http("no response header".into()))
+        response_header(&session)
     }
 
     /// `GET origin+path`; returns the response header and at most `limit` bytes of body.
@@ -67,10 +67,7 @@ impl SideClient {
         let mut session = self
             .send(resolver, timeouts, Method::GET, origin, path, headers)
             .await?;
-        let resp = session
-            .response_header()
-            .cloned()
-            .ok_or_else(|| SideError::Http("no response header".into()))?;
+        let resp = response_header(&session)?;
         let mut body = Vec::new();
         while let Some(chunk) = session.read_response_body().await.map_err(http_error)? {
             if body.len() + chunk.len() > limit {
@@ -89,7 +86,7 @@ impl SideClient {
         origin: &Origin,
         path: &str,
         headers: &[(HeaderName, &HeaderValue)],
-    ) -> Result<pingora::protocols::http::client::HttpSession, SideError> {
+    ) -> Result<HttpSession, SideError> {
         let addr = resolver.resolve(&origin.host, origin.port).await?;
         let mut peer = HttpPeer::new(addr, origin.tls, origin.sni().to_owned());
         peer.options.connection_timeout = Some(timeouts.connect_timeout);
@@ -117,6 +114,11 @@ impl SideClient {
         session.read_response_header().await.map_err(http_error)?;
         Ok(session)
     }
+}
+
+fn response_header(session: &HttpSession) -> Result<ResponseHeader, SideError> {
+    let resp = session.response_header().cloned();
+    resp.ok_or_else(|| SideError::Http("no response header".into()))
 }
 
 fn http_error(e: Box<pingora::Error>) -> SideError {
