@@ -7,16 +7,25 @@
 #   benches/load.sh --smoke    2 s per case, 8 MiB blob -> target/BENCHMARKS-smoke.md (CI runs
 #                              this so the harness cannot rot; it asserts no timings)
 #
-# Cases so far: (a) cache-hit GET of the big blob, 4 connections: bytes/s;
+# Cases: (a) cache-hit GET of the big blob, 4 connections: bytes/s;
 # (b) cache-hit GET of a manifest by digest and by tag, 64 connections: requests/s and p99;
-# and the loopback ceiling (iperf3). Cases (c) cold blob under 50 clients and (d) peak RSS are
-# still to come (issue 5).
+# (c) 50 clients at once on one uncached 100 MiB blob, upstream paced to PACE bytes/s: upstream
+#     fetches, total time and time to first byte, against one client alone on another cold blob;
+# (d) peak RSS of each server while 50 clients pull one uncached 1 GiB blob (unpaced);
+# and the loopback ceiling (iperf3). Upstream fetches are counted in the access log of an nginx
+# front (benches/upstream.conf.in) that stands between every mirror and docker-registry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SMOKE=0
 [ "${1:-}" = "--smoke" ] && SMOKE=1
-if [ $SMOKE = 1 ]; then BIG_MIB=8; SECS=2; OUT=target/BENCHMARKS-smoke.md; else BIG_MIB=256; SECS=10; OUT=BENCHMARKS.md; fi
+if [ $SMOKE = 1 ]; then
+  BIG_MIB=8; COLD_MIB=4; HUGE_MIB=16; SECS=2; OUT=target/BENCHMARKS-smoke.md
+else
+  BIG_MIB=256; COLD_MIB=100; HUGE_MIB=1024; SECS=10; OUT=BENCHMARKS.md
+fi
+CLIENTS=50
+PACE=${PACE:-20m} # nginx limit_rate syntax: bytes/s per upstream connection in case (c)
 
 for tool in docker-registry nginx wrk iperf3 curl sha256sum; do
   command -v "$tool" >/dev/null || { echo "load.sh: $tool is missing (apt-get install docker-registry nginx-light wrk iperf3 curl)" >&2; exit 2; }
@@ -28,7 +37,7 @@ WORK=$(mktemp -d /tmp/pullthrough-bench.XXXXXX)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  for f in "$WORK/nginx.pid" "$WORK/front.pid"; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
   [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -37,7 +46,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
   || shuf -i 20000-60000 -n 1; }
 wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing listens on $1" >&2; exit 1; }
 
-UP=$(free_port); PT=$(free_port); NG=$(free_port); DP=$(free_port); IP=$(free_port)
+UP=$(free_port); FRONT=$(free_port); PT=$(free_port); NG=$(free_port); DP=$(free_port); IP=$(free_port)
 
 # The upstream: docker-registry with a blob, a config and a manifest.
 cat > "$WORK/upstream.yml" <<YML
@@ -49,10 +58,10 @@ YML
 env -u AWS_CA_BUNDLE docker-registry serve "$WORK/upstream.yml" >"$WORK/upstream.log" 2>&1 & PIDS+=($!)
 wait_port "$UP"
 
-upload() { # file -> digest
+upload() { # file [repository] -> digest
   local digest="sha256:$(sha256sum "$1" | cut -d' ' -f1)"
   local loc
-  loc=$(curl -sf -X POST -D - -o /dev/null "http://127.0.0.1:$UP/v2/bench/app/blobs/uploads/" | tr -d '\r' | awk -F': ' 'tolower($1)=="location"{print $2}')
+  loc=$(curl -sf -X POST -D - -o /dev/null "http://127.0.0.1:$UP/v2/${2:-bench/app}/blobs/uploads/" | tr -d '\r' | awk -F': ' 'tolower($1)=="location"{print $2}')
   case "$loc" in http*) ;; *) loc="http://127.0.0.1:$UP$loc" ;; esac
   local sep='?'; case "$loc" in *\?*) sep='&' ;; esac
   curl -sf -X PUT -H 'Content-Type: application/octet-stream' --data-binary @"$1" "$loc${sep}digest=$digest" -o /dev/null
@@ -66,28 +75,41 @@ printf '{"schemaVersion":2,"mediaType":"%s","config":{"mediaType":"application/v
   "$MT" "$CFG" "$(stat -c %s "$WORK/config.json")" "$BIG" "$(stat -c %s "$WORK/big.bin")" > "$WORK/manifest.json"
 curl -sf -X PUT -H "Content-Type: $MT" --data-binary @"$WORK/manifest.json" "http://127.0.0.1:$UP/v2/bench/app/manifests/v1" -o /dev/null
 MAN="sha256:$(sha256sum "$WORK/manifest.json" | cut -d' ' -f1)"
+# Cold blobs for (c) and (d): one for the single client, one for the crowd, each mirror cold on
+# both (every mirror has its own cache).
+head -c $((COLD_MIB << 20)) /dev/urandom > "$WORK/cold1.bin"; COLD1=$(upload "$WORK/cold1.bin" bench/cold)
+head -c $((COLD_MIB << 20)) /dev/urandom > "$WORK/cold50.bin"; COLD50=$(upload "$WORK/cold50.bin" bench/cold)
+head -c $((HUGE_MIB << 20)) /dev/urandom > "$WORK/huge.bin"; HUGE=$(upload "$WORK/huge.bin" bench/huge)
+rm -f "$WORK"/cold1.bin "$WORK"/cold50.bin "$WORK"/huge.bin
+
+# The front between the mirrors and docker-registry: counts fetches, paces bench/cold.
+chmod 755 "$WORK"; mkdir -p "$WORK/front-temp"; chmod 777 "$WORK/front-temp"
+sed -e "s|@WORK@|$WORK|g" -e "s|@PORT@|$FRONT|g" -e "s|@UPSTREAM@|127.0.0.1:$UP|g" -e "s|@RATE@|$PACE|g" \
+  benches/upstream.conf.in > "$WORK/front.conf"
+nginx -c "$WORK/front.conf" -e "$WORK/front-error.log"
+wait_port "$FRONT"
 
 # The three mirrors.
 cat > "$WORK/pullthrough.yaml" <<YML
 pingora: { threads: 2, pid_file: $WORK/pt.pid, upgrade_sock: $WORK/pt.sock }
 listen: ["127.0.0.1:$PT"]
 default_route: local
-routes: { local: { upstream: "http://127.0.0.1:$UP" } }
+routes: { local: { upstream: "http://127.0.0.1:$FRONT" } }
 cache: { dir: $WORK/pt-cache, tag_ttl: 1h }
 YML
-RUST_LOG=warn "$BIN" -c "$WORK/pullthrough.yaml" >"$WORK/pullthrough.log" 2>&1 & PIDS+=($!)
-sed -e "s|@WORK@|$WORK|g" -e "s|@PORT@|$NG|g" -e "s|@UPSTREAM@|127.0.0.1:$UP|g" benches/nginx.conf.in > "$WORK/nginx.conf"
+RUST_LOG=warn "$BIN" -c "$WORK/pullthrough.yaml" >"$WORK/pullthrough.log" 2>&1 & PIDS+=($!); PT_PID=$!
+sed -e "s|@WORK@|$WORK|g" -e "s|@PORT@|$NG|g" -e "s|@UPSTREAM@|127.0.0.1:$FRONT|g" benches/nginx.conf.in > "$WORK/nginx.conf"
 # nginx's workers drop to an unprivileged user when started as root: let them at the cache.
-chmod 755 "$WORK"; mkdir -p "$WORK/nginx-cache"; chmod 777 "$WORK/nginx-cache"
+mkdir -p "$WORK/nginx-cache"; chmod 777 "$WORK/nginx-cache"
 nginx -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log"
 cat > "$WORK/distribution.yml" <<YML
 version: 0.1
 log: { level: info }
 storage: { filesystem: { rootdirectory: $WORK/dist-cache } }
 http: { addr: 127.0.0.1:$DP }
-proxy: { remoteurl: "http://127.0.0.1:$UP" }
+proxy: { remoteurl: "http://127.0.0.1:$FRONT" }
 YML
-env -u AWS_CA_BUNDLE docker-registry serve "$WORK/distribution.yml" >"$WORK/distribution.log" 2>&1 & PIDS+=($!)
+env -u AWS_CA_BUNDLE docker-registry serve "$WORK/distribution.yml" >"$WORK/distribution.log" 2>&1 & PIDS+=($!); DP_PID=$!
 for p in $PT $NG $DP; do wait_port "$p"; done
 
 # Loopback ceiling.
@@ -119,6 +141,51 @@ for name in pullthrough nginx distribution; do
   P99_T[$name]=$(to_ms "$(echo "$out" | awk '$1=="99%"{print $2}')")
 done
 
+# (c) and (d): clients at once on a cold blob.
+fetches() { grep -c "^GET /v2/.*/blobs/$1 " "$WORK/upstream-access.log" || true; }
+crowd() { # url clients -> "failed total_s ttfb_median_s ttfb_max_s"; every client must get every byte
+  local url=$1 n=$2 size=$3 t0 t1
+  t0=$(date +%s.%N)
+  seq 1 "$n" | xargs -P "$n" -I{} curl -s -o /dev/null --max-time 600 \
+    -w '%{http_code} %{size_download} %{time_starttransfer} %{time_total}\n' "$url" > "$WORK/crowd.out"
+  t1=$(date +%s.%N)
+  sort -k3 -g "$WORK/crowd.out" | awk -v n="$n" -v size="$size" -v t0="$t0" -v t1="$t1" '
+    { if ($1 != 200 || $2 != size) bad++; ttfb[NR] = $3 }
+    END { if (NR < n) bad += n - NR; printf "%d %.3f %.3f %.3f\n", bad, t1 - t0, ttfb[int((NR + 1) / 2)], ttfb[NR] }'
+}
+pids_of() {
+  case $1 in
+    pullthrough) echo "$PT_PID" ;;
+    nginx) local m; m=$(cat "$WORK/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')" ;;
+    distribution) echo "$DP_PID" ;;
+  esac
+}
+reset_peak() { for p in $(pids_of "$1"); do echo 5 > "/proc/$p/clear_refs" 2>/dev/null || true; done; }
+peak_mib() { # the server's processes together: sum of their peak RSS (VmHWM)
+  for p in $(pids_of "$1"); do awk '/VmHWM/{print $2}' "/proc/$p/status"; done | awk '{s+=$1} END{printf "%.1f", s/1024}'
+}
+
+declare -A ONE_T ONE_TTFB CROWD_T CROWD_TTFB CROWD_TTFB_MAX CROWD_F CROWD_BAD HUGE_F HUGE_T HUGE_BAD RSS
+for name in pullthrough nginx distribution; do
+  case $name in pullthrough) port=$PT ;; nginx) port=$NG ;; distribution) port=$DP ;; esac
+  echo "load.sh: $name: (c) one client, then $CLIENTS, on cold ${COLD_MIB} MiB blobs" >&2
+  read -r bad total ttfb _ < <(crowd "http://127.0.0.1:$port/v2/bench/cold/blobs/$COLD1" 1 $((COLD_MIB << 20)))
+  [ "$bad" = 0 ] || { echo "load.sh: $name: the single client failed" >&2; exit 1; }
+  ONE_T[$name]=$total; ONE_TTFB[$name]=$ttfb
+  before=$(fetches "$COLD50")
+  read -r bad total ttfb ttfb_max < <(crowd "http://127.0.0.1:$port/v2/bench/cold/blobs/$COLD50" $CLIENTS $((COLD_MIB << 20)))
+  sleep 1 # a fetch still running is logged when it ends
+  CROWD_BAD[$name]=$bad; CROWD_T[$name]=$total; CROWD_TTFB[$name]=$ttfb; CROWD_TTFB_MAX[$name]=$ttfb_max
+  CROWD_F[$name]=$(( $(fetches "$COLD50") - before ))
+  echo "load.sh: $name: (d) $CLIENTS clients on a cold ${HUGE_MIB} MiB blob" >&2
+  reset_peak $name
+  before=$(fetches "$HUGE")
+  read -r bad total _ _ < <(crowd "http://127.0.0.1:$port/v2/bench/huge/blobs/$HUGE" $CLIENTS $((HUGE_MIB << 20)))
+  RSS[$name]=$(peak_mib $name)
+  sleep 1
+  HUGE_BAD[$name]=$bad; HUGE_T[$name]=$total; HUGE_F[$name]=$(( $(fetches "$HUGE") - before ))
+done
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "-" }'; }
 gbps() { awk -v b="$1" 'BEGIN{printf "%.2f", b/1e9}'; }
 {
@@ -134,6 +201,18 @@ gbps() { awk -v b="$1" 'BEGIN{printf "%.2f", b/1e9}'; }
   echo "| (b) manifest by digest, p99 ms | ${P99_D[pullthrough]} | ${P99_D[nginx]} | ${P99_D[distribution]} | | |"
   echo "| (b) manifest by tag, 64 conns, req/s | ${RPS_T[pullthrough]} | ${RPS_T[nginx]} | ${RPS_T[distribution]} | $(ratio "${RPS_T[pullthrough]}" "${RPS_T[nginx]}") | $(ratio "${RPS_T[pullthrough]}" "${RPS_T[distribution]}") |"
   echo "| (b) manifest by tag, p99 ms | ${P99_T[pullthrough]} | ${P99_T[nginx]} | ${P99_T[distribution]} | | |"
+  echo "| (c) cold ${COLD_MIB} MiB blob, 1 client: total s | ${ONE_T[pullthrough]} | ${ONE_T[nginx]} | ${ONE_T[distribution]} | $(ratio "${ONE_T[pullthrough]}" "${ONE_T[nginx]}") | $(ratio "${ONE_T[pullthrough]}" "${ONE_T[distribution]}") |"
+  echo "| (c) 1 client: time to first byte s | ${ONE_TTFB[pullthrough]} | ${ONE_TTFB[nginx]} | ${ONE_TTFB[distribution]} | | |"
+  echo "| (c) $CLIENTS clients: upstream fetches | ${CROWD_F[pullthrough]} | ${CROWD_F[nginx]} | ${CROWD_F[distribution]} | | |"
+  echo "| (c) $CLIENTS clients: total s | ${CROWD_T[pullthrough]} | ${CROWD_T[nginx]} | ${CROWD_T[distribution]} | $(ratio "${CROWD_T[pullthrough]}" "${CROWD_T[nginx]}") | $(ratio "${CROWD_T[pullthrough]}" "${CROWD_T[distribution]}") |"
+  echo "| (c) $CLIENTS clients: total / 1 client | $(ratio "${CROWD_T[pullthrough]}" "${ONE_T[pullthrough]}") | $(ratio "${CROWD_T[nginx]}" "${ONE_T[nginx]}") | $(ratio "${CROWD_T[distribution]}" "${ONE_T[distribution]}") | | |"
+  echo "| (c) $CLIENTS clients: first byte, median s | ${CROWD_TTFB[pullthrough]} | ${CROWD_TTFB[nginx]} | ${CROWD_TTFB[distribution]} | | |"
+  echo "| (c) $CLIENTS clients: first byte, slowest s | ${CROWD_TTFB_MAX[pullthrough]} | ${CROWD_TTFB_MAX[nginx]} | ${CROWD_TTFB_MAX[distribution]} | | |"
+  echo "| (c) $CLIENTS clients: failed | ${CROWD_BAD[pullthrough]} | ${CROWD_BAD[nginx]} | ${CROWD_BAD[distribution]} | | |"
+  echo "| (d) cold ${HUGE_MIB} MiB blob, $CLIENTS clients: peak RSS MiB | ${RSS[pullthrough]} | ${RSS[nginx]} | ${RSS[distribution]} | $(ratio "${RSS[pullthrough]}" "${RSS[nginx]}") | $(ratio "${RSS[pullthrough]}" "${RSS[distribution]}") |"
+  echo "| (d) upstream fetches | ${HUGE_F[pullthrough]} | ${HUGE_F[nginx]} | ${HUGE_F[distribution]} | | |"
+  echo "| (d) total s | ${HUGE_T[pullthrough]} | ${HUGE_T[nginx]} | ${HUGE_T[distribution]} | | |"
+  echo "| (d) failed | ${HUGE_BAD[pullthrough]} | ${HUGE_BAD[nginx]} | ${HUGE_BAD[distribution]} | | |"
   echo
   echo "Loopback ceiling (iperf3): $(gbps "$CEIL") GB/s. pullthrough (a) / ceiling: $(ratio "${BLOB[pullthrough]}" "$CEIL")."
 } > "$OUT"

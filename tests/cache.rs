@@ -1,7 +1,7 @@
 //! The disk cache against the fake Docker Hub, proven by its request counters and by what is
 //! on disk: second pulls ask nothing, tags cost one HEAD after `tag_ttl`, stale tags are
 //! served when the upstream fails, concurrent cold requests cause one fetch and stream to
-//! everyone, poisoned bytes are never kept, restarts keep the cache, `max_size` evicts the
+//! everyone (also when they keep arriving as the fill starts), poisoned bytes are never kept, restarts keep the cache, `max_size` evicts the
 //! least recently used, and a SIGKILL mid-fill leaves nothing that is ever served.
 
 mod common;
@@ -220,6 +220,46 @@ async fn twenty_cold_requests_one_fetch_streamed_to_all() {
     }
     assert_eq!(hub.count(STORAGE), 1, "more than one upstream fetch");
     assert_eq!(hub.count_method(REGISTRY, "GET", "/blobs/"), 1);
+}
+
+/// Clients that keep arriving while a fill starts (the lock is taken, then handed over to the
+/// partial entry as the upstream's headers come) all join that one fill: none of them may find
+/// neither the lock nor the partial entry and start a second fetch.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crowd_arriving_while_the_fill_starts_fetches_once() {
+    let hub = Hub::start().await;
+    let blobs: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| {
+            let data = noise(4 * MIB, 40 + i);
+            (hub.add_blob(data.clone()), data)
+        })
+        .collect();
+    let mirror = Mirror::start(&config(&hub, ""));
+    let c = common::client(&[], mirror.addr());
+    let tok = hub::pull_token(&c, &mirror, "library/crowd", None).await;
+    for (blob, data) in &blobs {
+        let url = mirror.url(&format!("/v2/library/crowd/blobs/{blob}"));
+        // 50 clients spread over about 25 ms, across the fill's first response headers.
+        let clients: Vec<_> = (0..50u64)
+            .map(|i| {
+                let (c, url, tok) = (c.clone(), url.clone(), tok.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_micros(500 * i)).await;
+                    let r = get(&c, url, &tok).await;
+                    assert_eq!(r.status(), 200);
+                    r.bytes().await.unwrap()
+                })
+            })
+            .collect();
+        for task in clients {
+            assert!(task.await.unwrap() == data[..], "a client got other bytes");
+        }
+        assert_eq!(
+            hub.count_path(STORAGE, &blob["sha256:".len()..]),
+            1,
+            "{blob} was fetched more than once"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -79,6 +79,8 @@ pub struct DiskStorage {
     tmp: PathBuf,
     fills: Mutex<HashMap<String, Fill>>,
     next_id: AtomicU64,
+    /// Bumped by every commit, between the entry becoming readable and its fill vanishing.
+    commits: AtomicU64,
     hot: Mutex<HotSet>,
     pub stats: StorageStats,
 }
@@ -118,6 +120,7 @@ impl DiskStorage {
             hot: Mutex::new(HotSet::default()),
             // Generations must not repeat across restarts: start from the clock.
             next_id: AtomicU64::new(now.as_nanos() as u64),
+            commits: AtomicU64::new(0),
             stats: StorageStats::default(),
         })
     }
@@ -246,6 +249,78 @@ impl DiskStorage {
             }
         }
         Ok(found)
+    }
+
+    /// A reader of the fill in progress for `hash`, if there is one.
+    fn fill_hit(&self, hash: &str) -> Result<Option<(CacheMeta, HitHandler)>> {
+        match self.lock_fills().get(hash) {
+            Some(fill) => Self::partial_hit(fill).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A reader of the committed entry for `hash`: from the hot set, else from disk (which
+    /// puts a small body into the hot set).
+    async fn committed_hit(&'static self, hash: &str) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let (hot, seen) = {
+            let set = self.lock_hot();
+            (set.entries.get(hash).cloned(), set.changes)
+        };
+        if let Some(entry) = hot {
+            let meta = CacheMeta::deserialize(&entry.meta.0, &entry.meta.1)?;
+            let end = entry.body.len();
+            let hit = DiskHit::Memory {
+                body: entry.body.clone(),
+                pos: 0,
+                end,
+            };
+            return Ok(Some((meta, Box::new(hit))));
+        }
+        let hash = hash.to_owned();
+        let found = blocking(move || {
+            let (sidecar, file) = self.read_committed(&hash)?;
+            // A small body comes in whole, for the hot set.
+            let body = if sidecar.body_len as usize <= HOT_BODY_MAX {
+                let mut buf = vec![0u8; sidecar.body_len as usize];
+                file.read_exact_at(&mut buf, 0)
+                    .ok()
+                    .map(|_| Bytes::from(buf))
+            } else {
+                None
+            };
+            Some((hash, sidecar, file, body))
+        })
+        .await?;
+        let Some((hash, sidecar, file, body)) = found else {
+            return Ok(None);
+        };
+        let meta = match CacheMeta::deserialize(&sidecar.meta.0, &sidecar.meta.1) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!("cache entry {hash} has unreadable meta: {e}");
+                return Ok(None);
+            }
+        };
+        if let Some(body) = body {
+            let end = body.len();
+            let entry = HotEntry {
+                meta: sidecar.meta,
+                body: body.clone(),
+            };
+            self.lock_hot().fill(hash, entry, seen);
+            return Ok(Some((
+                meta,
+                Box::new(DiskHit::Memory { body, pos: 0, end }),
+            )));
+        }
+        let len = sidecar.body_len;
+        let hit = DiskHit::Complete {
+            file: Arc::new(file),
+            len,
+            pos: 0,
+            end: len,
+        };
+        Ok(Some((meta, Box::new(hit))))
     }
 
     fn partial_hit(fill: &Fill) -> Result<(CacheMeta, HitHandler)> {
@@ -546,6 +621,7 @@ impl HandleMiss for DiskMiss {
             None => self.storage.lock_hot().remove(&self.hash),
         }
         self.progress.send_replace(Progress::Done(self.written));
+        self.storage.commits.fetch_add(1, Ordering::AcqRel);
         {
             let mut fills = self.storage.lock_fills();
             if fills.get(&self.hash).is_some_and(|f| f.id == self.id) {
@@ -590,67 +666,27 @@ impl Storage for DiskStorage {
         _: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let hash = key.combined();
-        if let Some(fill) = self.lock_fills().get(&hash) {
-            return Self::partial_hit(fill).map(Some);
-        }
-        let (hot, seen) = {
-            let set = self.lock_hot();
-            (set.entries.get(&hash).cloned(), set.changes)
-        };
-        if let Some(entry) = hot {
-            let meta = CacheMeta::deserialize(&entry.meta.0, &entry.meta.1)?;
-            let end = entry.body.len();
-            let hit = DiskHit::Memory {
-                body: entry.body.clone(),
-                pos: 0,
-                end,
-            };
-            return Ok(Some((meta, Box::new(hit))));
-        }
-        let found = blocking(move || {
-            let (sidecar, file) = self.read_committed(&hash)?;
-            // A small body comes in whole, for the hot set.
-            let body = if sidecar.body_len as usize <= HOT_BODY_MAX {
-                let mut buf = vec![0u8; sidecar.body_len as usize];
-                file.read_exact_at(&mut buf, 0)
-                    .ok()
-                    .map(|_| Bytes::from(buf))
-            } else {
-                None
-            };
-            Some((hash, sidecar, file, body))
-        })
-        .await?;
-        let Some((hash, sidecar, file, body)) = found else {
-            return Ok(None);
-        };
-        let meta = match CacheMeta::deserialize(&sidecar.meta.0, &sidecar.meta.1) {
-            Ok(m) => m,
-            Err(e) => {
-                warn!("cache entry {hash} has unreadable meta: {e}");
-                return Ok(None);
+        // pingora takes the fill lock right after a miss, and a fill releases it as soon as its
+        // part file is visible here: a miss must not be returned while a fill is visible, or
+        // the request becomes a second writer. A fill may appear, or commit and vanish, while
+        // the disk is read, so look at the fills again after a disk miss and read the disk
+        // again if a commit landed meanwhile.
+        for _ in 0..2 {
+            let commits = self.commits.load(Ordering::Acquire);
+            if let Some(hit) = self.fill_hit(&hash)? {
+                return Ok(Some(hit));
             }
-        };
-        if let Some(body) = body {
-            let end = body.len();
-            let entry = HotEntry {
-                meta: sidecar.meta,
-                body: body.clone(),
-            };
-            self.lock_hot().fill(hash, entry, seen);
-            return Ok(Some((
-                meta,
-                Box::new(DiskHit::Memory { body, pos: 0, end }),
-            )));
+            if let Some(hit) = self.committed_hit(&hash).await? {
+                return Ok(Some(hit));
+            }
+            if let Some(hit) = self.fill_hit(&hash)? {
+                return Ok(Some(hit));
+            }
+            if self.commits.load(Ordering::Acquire) == commits {
+                break;
+            }
         }
-        let len = sidecar.body_len;
-        let hit = DiskHit::Complete {
-            file: Arc::new(file),
-            len,
-            pos: 0,
-            end: len,
-        };
-        Ok(Some((meta, Box::new(hit))))
+        Ok(None)
     }
 
     async fn lookup_streaming_write(
