@@ -64,7 +64,7 @@ upload() { # file [repository] -> digest
   loc=$(curl -sf -X POST -D - -o /dev/null "http://127.0.0.1:$UP/v2/${2:-bench/app}/blobs/uploads/" | tr -d '\r' | awk -F': ' 'tolower($1)=="location"{print $2}')
   case "$loc" in http*) ;; *) loc="http://127.0.0.1:$UP$loc" ;; esac
   local sep='?'; case "$loc" in *\?*) sep='&' ;; esac
-  curl -sf -X PUT -H 'Content-Type: application/octet-stream' --data-binary @"$1" "$loc${sep}digest=$digest" -o /dev/null
+  curl -sf -X PUT -H 'Content-Type: application/octet-stream' -T "$1" "$loc${sep}digest=$digest" -o /dev/null
   echo "$digest"
 }
 head -c $((BIG_MIB << 20)) /dev/urandom > "$WORK/big.bin"

@@ -21,7 +21,8 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write;
+use std::io::{IoSliceMut, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +41,7 @@ use pingora::cache::storage::{
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::prelude::*;
+use rustix::io::ReadWriteFlags;
 use tokio::sync::watch;
 
 use super::hot::{HotEntry, HotSet, HOT_BODY_MAX};
@@ -354,14 +356,26 @@ enum DiskHit {
     },
 }
 
+/// Reads up to `len` bytes at `pos` (fewer only at the end of what is on disk). Bytes in the
+/// page cache are copied on the calling thread: `preadv2` with `RWF_NOWAIT` returns what it can
+/// without waiting for the disk, and anything else (EAGAIN, a kernel without it) goes to the
+/// blocking pool, so a hit costs no thread hand-off per chunk and a worker never waits on disk.
 async fn read_chunk(file: &Arc<File>, pos: u64, len: usize) -> Result<Bytes> {
+    let mut buf = vec![0u8; len];
+    let nowait = rustix::io::preadv2(
+        file.as_fd(),
+        &mut [IoSliceMut::new(&mut buf)],
+        pos,
+        ReadWriteFlags::NOWAIT,
+    );
+    if let Ok(n @ 1..) = nowait {
+        buf.truncate(n);
+        return Ok(Bytes::from(buf));
+    }
     let file = file.clone();
-    blocking(move || {
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, pos).map(|_| Bytes::from(buf))
-    })
-    .await?
-    .map_err(|e| internal("cache read failed", e))
+    blocking(move || file.read_exact_at(&mut buf, pos).map(|_| Bytes::from(buf)))
+        .await?
+        .map_err(|e| internal("cache read failed", e))
 }
 
 #[async_trait]
@@ -382,7 +396,7 @@ impl HandleHit for DiskHit {
                 }
                 let n = CHUNK.min((*end - *pos) as usize);
                 let chunk = read_chunk(file, *pos, n).await?;
-                *pos += n as u64;
+                *pos += chunk.len() as u64;
                 Ok(Some(chunk))
             }
             DiskHit::Partial {
@@ -406,7 +420,7 @@ impl HandleHit for DiskHit {
                 if available > *pos {
                     let n = CHUNK.min((available - *pos) as usize);
                     let chunk = read_chunk(file, *pos, n).await?;
-                    *pos += n as u64;
+                    *pos += chunk.len() as u64;
                     return Ok(Some(chunk));
                 }
                 if progress.changed().await.is_err()

@@ -301,3 +301,35 @@ async fn scan_finds_entries_and_sweeps_leftovers() {
     assert_eq!(found[0].size, 4);
     assert_eq!(files(dir.path()).len(), 2, "{:?}", files(dir.path()));
 }
+
+#[tokio::test]
+async fn chunks_read_from_page_cache_or_from_disk_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("body");
+    let data: Vec<u8> = (0..3 * CHUNK as u32)
+        .map(|i| (i * 7 + i / 251) as u8)
+        .collect();
+    std::fs::write(&path, &data).unwrap();
+    let file = Arc::new(File::open(&path).unwrap());
+    for cold in [true, false] {
+        if cold {
+            // Out of the page cache: RWF_NOWAIT refuses (or reads what readahead brought in),
+            // the blocking pool reads the rest.
+            file.sync_all().unwrap();
+            rustix::fs::fadvise(&*file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        }
+        // A chunk may be shorter than asked (what the page cache held), never empty or wrong.
+        let mut pos = 5;
+        while pos < data.len() {
+            let chunk = read_chunk(&file, pos as u64, CHUNK.min(data.len() - pos))
+                .await
+                .unwrap();
+            assert!(!chunk.is_empty(), "empty chunk at {pos} (cold: {cold})");
+            assert!(
+                chunk == data[pos..pos + chunk.len()],
+                "wrong bytes at {pos} (cold: {cold})"
+            );
+            pos += chunk.len();
+        }
+    }
+}
