@@ -269,7 +269,7 @@ impl DiskStorage {
             (set.entries.get(hash).cloned(), set.changes)
         };
         if let Some(entry) = hot {
-            let meta = CacheMeta::deserialize(&entry.meta.0, &entry.meta.1)?;
+            let meta = entry.meta()?;
             let end = entry.body.len();
             let hit = DiskHit::Memory {
                 body: entry.body.clone(),
@@ -305,10 +305,8 @@ impl DiskStorage {
         };
         if let Some(body) = body {
             let end = body.len();
-            let entry = HotEntry {
-                meta: sidecar.meta,
-                body: body.clone(),
-            };
+            let entry =
+                HotEntry::with_header(sidecar.meta, meta.response_header_copy(), body.clone());
             self.lock_hot().fill(hash, entry, seen);
             return Ok(Some((
                 meta,
@@ -626,10 +624,10 @@ impl HandleMiss for DiskMiss {
             return Err(internal("cache commit failed", e));
         }
         self.committed = true;
-        let hot = self.small.take().map(|body| HotEntry {
-            meta: std::mem::take(&mut self.meta),
-            body: Bytes::from(body),
-        });
+        let hot = self
+            .small
+            .take()
+            .and_then(|body| HotEntry::new(std::mem::take(&mut self.meta), Bytes::from(body)).ok());
         match hot {
             Some(entry) => self.storage.lock_hot().insert(self.hash.clone(), entry),
             None => self.storage.lock_hot().remove(&self.hash),
@@ -809,6 +807,7 @@ impl Storage for DiskStorage {
     ) -> Result<bool> {
         let hash = key.combined();
         let serialized = meta.serialize()?;
+        let header = meta.response_header_copy();
         blocking(move || -> std::io::Result<bool> {
             let Some((mut sidecar, _)) = self.read_committed(&hash) else {
                 return Ok(false);
@@ -824,10 +823,7 @@ impl Storage for DiskStorage {
             std::fs::rename(&tmp, self.meta_path(&hash))?;
             let mut hot = self.lock_hot();
             if let Some(entry) = hot.entries.get(&hash).cloned() {
-                let refreshed = HotEntry {
-                    meta: sidecar.meta,
-                    body: entry.body.clone(),
-                };
+                let refreshed = HotEntry::with_header(sidecar.meta, header, entry.body.clone());
                 hot.insert(hash, refreshed);
             }
             Ok(true)
