@@ -25,7 +25,7 @@ else
   BIG_MIB=256; COLD_MIB=100; HUGE_MIB=1024; SECS=10; OUT=BENCHMARKS.md
 fi
 CLIENTS=50
-PACE=${PACE:-20m} # nginx limit_rate syntax: bytes/s per upstream connection in case (c)
+PACE=${PACE:-20m} # bytes/s per upstream connection in case (c), in nginx limit_rate syntax (20m = 20 MB/s)
 
 for tool in docker-registry nginx wrk iperf3 curl sha256sum; do
   command -v "$tool" >/dev/null || { echo "load.sh: $tool is missing (apt-get install docker-registry nginx-light wrk iperf3 curl)" >&2; exit 2; }
@@ -191,8 +191,9 @@ gbps() { awk -v b="$1" 'BEGIN{printf "%.2f", b/1e9}'; }
 {
   echo "# Benchmarks"
   echo
-  echo "Written by \`benches/load.sh$([ $SMOKE = 1 ] && echo ' --smoke')\` on $(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)."
-  echo "All servers on loopback in front of one docker-registry; wrk on the same machine; ${SECS} s per case; caches warm."
+  echo "Written by \`benches/load.sh$([ $SMOKE = 1 ] && echo ' --smoke')\` on $(date -u +%Y-%m-%d): $(nproc) cores ($(awk -F': *' '/model name/{print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)."
+  echo "All servers on loopback in front of one docker-registry (through an nginx front that counts fetches); clients (wrk, curl) on the same cores."
+  echo "(a), (b): ${SECS} s per case, caches warm. (c): the cold repository paced to ${PACE} bytes/s (nginx limit_rate) per upstream connection after a first-second burst (an internet upstream is slower than the mirror's clients). (d): unpaced."
   echo
   echo "| case | pullthrough | nginx | distribution (proxy) | pullthrough/nginx | pullthrough/distribution |"
   echo "|---|---|---|---|---|---|"

@@ -114,3 +114,33 @@ impl HotSet {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    #[test]
+    fn a_hit_meta_is_the_stored_meta() {
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header
+            .insert_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            .unwrap();
+        header
+            .insert_header("Docker-Content-Digest", "sha256:abc")
+            .unwrap();
+        let created = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let stored = CacheMeta::new(created + Duration::from_secs(600), created, 5, 7, header);
+        let entry = HotEntry::new(stored.serialize().unwrap(), Bytes::new()).unwrap();
+        assert!(BARE_HEADER.is_some(), "the fast path is taken");
+        let hit = entry.meta().unwrap();
+        assert_eq!(hit.fresh_until(), stored.fresh_until());
+        assert_eq!(hit.created(), stored.created());
+        assert_eq!(hit.updated(), stored.updated());
+        assert_eq!(hit.stale_while_revalidate_sec(), 5);
+        assert_eq!(hit.stale_if_error_sec(), 7);
+        assert_eq!(hit.response_header().status, 200);
+        assert_eq!(hit.headers(), stored.headers());
+    }
+}

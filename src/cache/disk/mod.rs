@@ -63,6 +63,8 @@ pub struct StorageStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Progress {
     Writing(u64),
+    /// Every byte is written and checked against its digest, so readers may finish; the
+    /// commit (sync, renames) may still be under way.
     Done(u64),
     Failed,
 }
@@ -588,6 +590,9 @@ impl HandleMiss for DiskMiss {
                 format!("content digest mismatch: expected {expected}"),
             );
         }
+        // The bytes are right: readers need not wait for the sync (a 100 MiB body takes
+        // a noticeable fraction of a second to reach the disk).
+        self.progress.send_replace(Progress::Done(self.written));
         let storage = self.storage;
         let (hash, part, generation) = (self.hash.clone(), self.part_path.clone(), self.id);
         let sidecar = Sidecar {
@@ -632,7 +637,6 @@ impl HandleMiss for DiskMiss {
             Some(entry) => self.storage.lock_hot().insert(self.hash.clone(), entry),
             None => self.storage.lock_hot().remove(&self.hash),
         }
-        self.progress.send_replace(Progress::Done(self.written));
         self.storage.commits.fetch_add(1, Ordering::AcqRel);
         {
             let mut fills = self.storage.lock_fills();
