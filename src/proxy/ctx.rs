@@ -14,7 +14,7 @@ pub struct RequestCtx {
     pub route: Option<Arc<Route>>,
     pub via: Option<Via>,
     pub target: Option<Target>,
-    /// Where the next upstream attempt goes.
+    /// Where the next upstream attempt goes (see `next_hop`).
     pub hop: Option<Hop>,
     /// Redirects followed so far.
     pub redirects_followed: u8,
@@ -58,6 +58,19 @@ impl RequestCtx {
             Some(Target::Registry { path, .. }) => Some(path),
             _ => None,
         }
+    }
+
+    /// Where the next upstream attempt goes. A registry request's first hop is built here on
+    /// first use, so a cache hit never builds one.
+    pub fn next_hop(&mut self) -> Option<&Hop> {
+        if self.hop.is_none() {
+            if let (Some(route), Some(target @ Target::Registry { .. })) =
+                (&self.route, &self.target)
+            {
+                self.hop = Some(super::hops::registry_hop(route, target));
+            }
+        }
+        self.hop.as_ref()
     }
 
     pub fn route_name(&self) -> &str {

@@ -67,12 +67,17 @@ pub fn first_hop(
             send_authorization: false,
             kind: HopKind::RealmDiscovery,
         }),
-        (Target::Registry { .. }, _) => Ok(Hop {
-            origin: route.upstream.clone(),
-            path_and_query: target.registry_path_and_query(),
-            send_authorization: true,
-            kind: HopKind::Registry,
-        }),
+        (Target::Registry { .. }, _) => Ok(registry_hop(route, target)),
+    }
+}
+
+/// The hop of a registry API request: the route's upstream, the request's path.
+pub fn registry_hop(route: &Route, target: &Target) -> Hop {
+    Hop {
+        origin: route.upstream.clone(),
+        path_and_query: target.registry_path_and_query(),
+        send_authorization: true,
+        kind: HopKind::Registry,
     }
 }
 

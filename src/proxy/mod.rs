@@ -203,23 +203,31 @@ impl ProxyHttp for Mirror {
                 Ok(true)
             }
             Plan::Forward { route, via, target } => {
-                let realm = self.shared.realms.get(&route.name);
-                let hop = hops::first_hop(&route, &target, realm.as_deref()).map_err(|e| {
-                    fail(
-                        ctx,
-                        RegistryError::bad_gateway(format!("bad upstream realm: {e}")),
-                    )
-                })?;
+                // A token request's hop depends on the realm learned so far; a registry
+                // request's is built when it goes upstream (`RequestCtx::next_hop`).
+                if matches!(target, plan::Target::Token { .. }) {
+                    let realm = self.shared.realms.get(&route.name);
+                    let hop = hops::first_hop(&route, &target, realm.as_deref()).map_err(|e| {
+                        fail(
+                            ctx,
+                            RegistryError::bad_gateway(format!("bad upstream realm: {e}")),
+                        )
+                    })?;
+                    ctx.hop = Some(hop);
+                }
                 debug!(
-                    "{} {}: route {} by {via}, upstream {}{} ({:?})",
+                    "{} {}: route {} by {via}, upstream {} ({})",
                     req.method,
                     req.uri.path(),
                     route.name,
-                    hop.origin,
-                    hop.path_and_query,
-                    hop.kind
+                    ctx.hop.as_ref().map_or_else(
+                        || format!("{}{}", route.upstream, target.registry_path_and_query()),
+                        |hop| hop.url()
+                    ),
+                    ctx.hop
+                        .as_ref()
+                        .map_or("Registry".to_owned(), |hop| format!("{:?}", hop.kind)),
                 );
-                ctx.hop = Some(hop);
                 ctx.route = Some(route);
                 ctx.via = Some(via);
                 ctx.target = Some(target);
@@ -365,7 +373,7 @@ impl ProxyHttp for Mirror {
         if ctx.upstream_started.is_none() {
             ctx.upstream_started = Some(std::time::Instant::now());
         }
-        let Some(hop) = ctx.hop.as_ref() else {
+        let Some(hop) = ctx.next_hop() else {
             return Err(Error::explain(InternalError, "no upstream hop planned"));
         };
         let origin = &hop.origin;

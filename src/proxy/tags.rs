@@ -12,7 +12,8 @@ impl Mirror {
         meta: &CacheMeta,
         ctx: &mut RequestCtx,
     ) -> ForcedFreshness {
-        let (Some(route), Some(hop)) = (ctx.route.clone(), ctx.hop.as_ref()) else {
+        let route = ctx.route.clone();
+        let (Some(route), Some(hop)) = (route, ctx.next_hop()) else {
             return ForcedFreshness::ForceExpired;
         };
         let req = session.req_header();
