@@ -1,10 +1,11 @@
-//! Micro benchmarks of the per-request decisions: path parsing, routing, challenge
-//! rewriting, redirect classification. `cargo bench --bench decisions`.
+//! Micro benchmarks of the per-request decisions: path parsing, routing, cache keys,
+//! challenge rewriting, redirect classification. `cargo bench --bench decisions`.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Method;
+use pullthrough::cache::key::cache_key;
 use pullthrough::config;
 use pullthrough::proxy::plan::{plan, Incoming};
 use pullthrough::redirect::RedirectPolicy;
@@ -47,6 +48,21 @@ fn decisions(c: &mut Criterion) {
                 },
             )
         })
+    });
+    let docker = routes.by_name("docker").expect("docker route").clone();
+    let tag: V2Path = "/v2/library/nginx/manifests/latest"
+        .parse()
+        .expect("tag path");
+    let accept = [
+        "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+    ];
+    c.bench_function("cache_key_tag_with_accept", |b| {
+        b.iter(|| cache_key(&docker, black_box(&tag), black_box(&accept)))
+    });
+    let blob: V2Path = BLOB.parse().expect("blob path");
+    c.bench_function("cache_key_blob", |b| {
+        b.iter(|| cache_key(&docker, black_box(&blob), &[]))
     });
     let upstream = Challenge::parse(
         r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull""#,

@@ -3,9 +3,11 @@
 # mode, all on loopback in front of one Debian docker-registry, measured the same way with
 # wrk in the same run. Writes BENCHMARKS.md.
 #
-#   benches/load.sh            full run (256 MiB blob, 10 s per case) -> BENCHMARKS.md
-#   benches/load.sh --smoke    2 s per case, 8 MiB blob -> target/BENCHMARKS-smoke.md (CI runs
-#                              this so the harness cannot rot; it asserts no timings)
+#   benches/load.sh            full run (10 s per case; 256 MiB, 100 MiB and 1 GiB blobs;
+#                              about 6 minutes) -> BENCHMARKS.md
+#   benches/load.sh --smoke    2 s per case, blobs of a few MiB -> target/BENCHMARKS-smoke.md
+#                              (CI runs this so the harness cannot rot; it asserts no timings)
+#   PACE=50m benches/load.sh   another upstream pace for case (c)
 #
 # Cases: (a) cache-hit GET of the big blob, 4 connections: bytes/s;
 # (b) cache-hit GET of a manifest by digest and by tag, 64 connections: requests/s and p99;
