@@ -356,10 +356,11 @@ enum DiskHit {
     },
 }
 
-/// Reads up to `len` bytes at `pos` (fewer only at the end of what is on disk). Bytes in the
-/// page cache are copied on the calling thread: `preadv2` with `RWF_NOWAIT` returns what it can
-/// without waiting for the disk, and anything else (EAGAIN, a kernel without it) goes to the
-/// blocking pool, so a hit costs no thread hand-off per chunk and a worker never waits on disk.
+/// Reads at `pos` between 1 and `len` bytes (fewer than `len` when only part of them was in the
+/// page cache; callers advance by what they got). Bytes in the page cache are copied on the
+/// calling thread: `preadv2` with `RWF_NOWAIT` returns what it can without waiting for the
+/// disk, and anything else (EAGAIN, a kernel without it) goes to the blocking pool, so a hit
+/// costs no thread hand-off per chunk and a worker never waits on disk.
 async fn read_chunk(file: &Arc<File>, pos: u64, len: usize) -> Result<Bytes> {
     let mut buf = vec![0u8; len];
     let nowait = rustix::io::preadv2(
