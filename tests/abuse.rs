@@ -61,14 +61,7 @@ async fn request_rate_per_client_and_trusted_proxies() {
             .unwrap();
         assert_eq!(h.status(), 200);
     }
-    let metrics = c
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&c, format!("http://127.0.0.1:{admin}/metrics")).await;
     assert!(
         metrics.contains(&format!("pullthrough_rate_limited_total {refused}")),
         "{metrics}"

@@ -68,22 +68,8 @@ async fn configured_credentials_fetch_tokens_for_clients_without_any() {
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    let metrics = c
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let stats = c
-        .get(format!("http://127.0.0.1:{admin}/stats"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&c, format!("http://127.0.0.1:{admin}/metrics")).await;
+    let stats = common::get_text(&c, format!("http://127.0.0.1:{admin}/stats")).await;
     let basic = "YWxpY2U6czNjcmV0LXBhNTU"; // base64 of alice:s3cret-pa55, without padding
     for (what, text) in [
         ("log", mirror.log()),

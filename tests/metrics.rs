@@ -78,14 +78,7 @@ async fn counters_equal_what_was_sent() {
         .to_owned();
     let missing_len = missing.bytes().await.unwrap().len();
 
-    let text = c
-        .get(admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::get_text(&c, admin_url("/metrics")).await;
     let req = |route, status, cache| {
         sample(
             &text,

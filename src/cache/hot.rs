@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use once_cell::sync::Lazy;
+use pingora::cache::key::HashBinary;
 use pingora::cache::CacheMeta;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -66,7 +67,7 @@ impl HotEntry {
 /// commits, purges and meta updates; entries on disk are read in on their first hit.
 #[derive(Default)]
 pub(super) struct HotSet {
-    pub entries: HashMap<String, Arc<HotEntry>>,
+    pub entries: HashMap<HashBinary, Arc<HotEntry>>,
     bytes: usize,
     /// Bumped by every commit, purge and meta update, so a lookup that read the disk before
     /// one of them does not put what it read back in.
@@ -75,23 +76,23 @@ pub(super) struct HotSet {
 
 impl HotSet {
     /// What a lookup read from disk, unless the cache changed since `seen`.
-    pub fn fill(&mut self, hash: String, entry: HotEntry, seen: u64) {
+    pub fn fill(&mut self, hash: HashBinary, entry: HotEntry, seen: u64) {
         if self.changes == seen {
             self.put(hash, entry);
         }
     }
 
-    pub fn insert(&mut self, hash: String, entry: HotEntry) {
+    pub fn insert(&mut self, hash: HashBinary, entry: HotEntry) {
         self.changes += 1;
         self.put(hash, entry);
     }
 
-    pub fn remove(&mut self, hash: &str) {
+    pub fn remove(&mut self, hash: &HashBinary) {
         self.changes += 1;
         self.evict(hash);
     }
 
-    fn put(&mut self, hash: String, entry: HotEntry) {
+    fn put(&mut self, hash: HashBinary, entry: HotEntry) {
         self.evict(&hash);
         let weight = entry.weight();
         if weight > HOT_BUDGET {
@@ -108,7 +109,7 @@ impl HotSet {
         self.entries.insert(hash, Arc::new(entry));
     }
 
-    fn evict(&mut self, hash: &str) {
+    fn evict(&mut self, hash: &HashBinary) {
         if let Some(old) = self.entries.remove(hash) {
             self.bytes -= old.weight();
         }

@@ -216,17 +216,18 @@ impl ProxyHttp for Mirror {
                     ctx.hop = Some(hop);
                 }
                 debug!(
-                    "{} {}: route {} by {via}, upstream {} ({})",
+                    "{} {}: route {} by {via}, upstream {}",
                     req.method,
                     req.uri.path(),
                     route.name,
-                    ctx.hop.as_ref().map_or_else(
-                        || format!("{}{}", route.upstream, target.registry_path_and_query()),
-                        |hop| hop.url()
-                    ),
-                    ctx.hop
-                        .as_ref()
-                        .map_or("Registry".to_owned(), |hop| format!("{:?}", hop.kind)),
+                    match &ctx.hop {
+                        Some(hop) => format!("{} ({:?})", hop.url(), hop.kind),
+                        None => format!(
+                            "{}{} (Registry)",
+                            route.upstream,
+                            target.registry_path_and_query()
+                        ),
+                    },
                 );
                 ctx.route = Some(route);
                 ctx.via = Some(via);

@@ -198,6 +198,11 @@ pub fn client(names: &[&str], addr: SocketAddr) -> reqwest::Client {
     b.build().expect("client")
 }
 
+/// The body of `GET url` as text (admin pages: `/metrics`, `/stats`).
+pub async fn get_text(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    c.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// sha256 of bytes as `sha256:<hex>`.
 pub fn sha256(data: &[u8]) -> String {
     use sha2::Digest;

@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use log::{debug, warn};
 use pingora::cache::eviction::CacheEntryKey;
-use pingora::cache::key::{CacheHashKey, CompactCacheKey};
+use pingora::cache::key::{str2hex, CacheHashKey, CompactCacheKey, HashBinary};
 use pingora::cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
     PurgeType,
@@ -81,7 +81,9 @@ struct Fill {
 pub struct DiskStorage {
     objects: PathBuf,
     tmp: PathBuf,
-    fills: Mutex<HashMap<String, Fill>>,
+    /// Fills in progress and (in `hot`) small entries, by binary key: a hit never formats the
+    /// hex name, which only files need.
+    fills: Mutex<HashMap<HashBinary, Fill>>,
     next_id: AtomicU64,
     /// Bumped by every commit, between the entry becoming readable and its fill vanishing.
     commits: AtomicU64,
@@ -133,7 +135,7 @@ impl DiskStorage {
         self.hot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_fills(&self) -> std::sync::MutexGuard<'_, HashMap<String, Fill>> {
+    fn lock_fills(&self) -> std::sync::MutexGuard<'_, HashMap<HashBinary, Fill>> {
         self.fills.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -159,7 +161,9 @@ impl DiskStorage {
             self.stats.corrupt_entries.fetch_add(1, Ordering::Relaxed);
             let _ = std::fs::remove_file(&meta_path);
             self.remove_bodies(hash);
-            self.lock_hot().remove(hash);
+            if let Some(bin) = str2hex(hash) {
+                self.lock_hot().remove(&bin);
+            }
         };
         let Some(sidecar) = Sidecar::decode(&buf) else {
             damaged("unreadable sidecar");
@@ -184,10 +188,11 @@ impl DiskStorage {
 
     /// Removes a committed entry (blocking; start-up eviction).
     pub fn remove_entry(&self, key: &CompactCacheKey) {
-        let hash = key.combined();
+        let bin = key.combined_bin();
+        let hash = hex::encode(bin);
         let _ = std::fs::remove_file(self.meta_path(&hash));
         self.remove_bodies(&hash);
-        self.lock_hot().remove(&hash);
+        self.lock_hot().remove(&bin);
     }
 
     /// Removes every body generation of an entry whose sidecar is gone or unreadable.
@@ -255,20 +260,23 @@ impl DiskStorage {
         Ok(found)
     }
 
-    /// A reader of the fill in progress for `hash`, if there is one.
-    fn fill_hit(&self, hash: &str) -> Result<Option<(CacheMeta, HitHandler)>> {
-        match self.lock_fills().get(hash) {
+    /// A reader of the fill in progress for `bin`, if there is one.
+    fn fill_hit(&self, bin: &HashBinary) -> Result<Option<(CacheMeta, HitHandler)>> {
+        match self.lock_fills().get(bin) {
             Some(fill) => Self::partial_hit(fill).map(Some),
             None => Ok(None),
         }
     }
 
-    /// A reader of the committed entry for `hash`: from the hot set, else from disk (which
+    /// A reader of the committed entry for `bin`: from the hot set, else from disk (which
     /// puts a small body into the hot set).
-    async fn committed_hit(&'static self, hash: &str) -> Result<Option<(CacheMeta, HitHandler)>> {
+    async fn committed_hit(
+        &'static self,
+        bin: HashBinary,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let (hot, seen) = {
             let set = self.lock_hot();
-            (set.entries.get(hash).cloned(), set.changes)
+            (set.entries.get(&bin).cloned(), set.changes)
         };
         if let Some(entry) = hot {
             let meta = entry.meta()?;
@@ -280,7 +288,7 @@ impl DiskStorage {
             };
             return Ok(Some((meta, Box::new(hit))));
         }
-        let hash = hash.to_owned();
+        let hash = hex::encode(bin);
         let found = blocking(move || {
             let (sidecar, file) = self.read_committed(&hash)?;
             // A small body comes in whole, for the hot set.
@@ -309,7 +317,7 @@ impl DiskStorage {
             let end = body.len();
             let entry =
                 HotEntry::with_header(sidecar.meta, meta.response_header_copy(), body.clone());
-            self.lock_hot().fill(hash, entry, seen);
+            self.lock_hot().fill(bin, entry, seen);
             return Ok(Some((
                 meta,
                 Box::new(DiskHit::Memory { body, pos: 0, end }),
@@ -512,7 +520,8 @@ impl HandleHit for DiskHit {
 /// A fill: streams the body into a part file, then commits it.
 pub struct DiskMiss {
     storage: &'static DiskStorage,
-    hash: String,
+    /// The entry's key; its hex form names the files.
+    bin: HashBinary,
     id: u64,
     id_bytes: [u8; 8],
     part_path: PathBuf,
@@ -532,8 +541,8 @@ impl DiskMiss {
     fn fail(&mut self) {
         self.progress.send_replace(Progress::Failed);
         let mut fills = self.storage.lock_fills();
-        if fills.get(&self.hash).is_some_and(|f| f.id == self.id) {
-            fills.remove(&self.hash);
+        if fills.get(&self.bin).is_some_and(|f| f.id == self.id) {
+            fills.remove(&self.bin);
         }
     }
 }
@@ -583,7 +592,7 @@ impl HandleMiss for DiskMiss {
                 .fetch_add(1, Ordering::Relaxed);
             warn!(
                 "cache fill {} rejected: content is {actual}, expected {expected}",
-                self.hash
+                hex::encode(self.bin)
             );
             self.fail();
             return Error::e_explain(
@@ -595,7 +604,7 @@ impl HandleMiss for DiskMiss {
         // a noticeable fraction of a second to reach the disk).
         self.progress.send_replace(Progress::Done(self.written));
         let storage = self.storage;
-        let (hash, part, generation) = (self.hash.clone(), self.part_path.clone(), self.id);
+        let (hash, part, generation) = (hex::encode(self.bin), self.part_path.clone(), self.id);
         let sidecar = Sidecar {
             generation,
             body_len: self.written,
@@ -635,19 +644,20 @@ impl HandleMiss for DiskMiss {
             .take()
             .and_then(|body| HotEntry::new(std::mem::take(&mut self.meta), Bytes::from(body)).ok());
         match hot {
-            Some(entry) => self.storage.lock_hot().insert(self.hash.clone(), entry),
-            None => self.storage.lock_hot().remove(&self.hash),
+            Some(entry) => self.storage.lock_hot().insert(self.bin, entry),
+            None => self.storage.lock_hot().remove(&self.bin),
         }
         self.storage.commits.fetch_add(1, Ordering::AcqRel);
         {
             let mut fills = self.storage.lock_fills();
-            if fills.get(&self.hash).is_some_and(|f| f.id == self.id) {
-                fills.remove(&self.hash);
+            if fills.get(&self.bin).is_some_and(|f| f.id == self.id) {
+                fills.remove(&self.bin);
             }
         }
         debug!(
             "cache fill {} committed ({} bytes)",
-            self.hash, self.written
+            hex::encode(self.bin),
+            self.written
         );
         Ok(MissFinishType::Created(self.written as usize))
     }
@@ -669,7 +679,8 @@ impl Drop for DiskMiss {
             let _ = std::fs::remove_file(&self.part_path);
             debug!(
                 "cache fill {} abandoned after {} bytes",
-                self.hash, self.written
+                hex::encode(self.bin),
+                self.written
             );
         }
     }
@@ -682,7 +693,7 @@ impl Storage for DiskStorage {
         key: &CacheKey,
         _: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let hash = key.combined();
+        let bin = key.combined_bin();
         // pingora takes the fill lock right after a miss, and a fill releases it as soon as its
         // part file is visible here: a miss must not be returned while a fill is visible, or
         // the request becomes a second writer. A fill may appear, or commit and vanish, while
@@ -690,13 +701,13 @@ impl Storage for DiskStorage {
         // again if a commit landed meanwhile.
         for _ in 0..2 {
             let commits = self.commits.load(Ordering::Acquire);
-            if let Some(hit) = self.fill_hit(&hash)? {
+            if let Some(hit) = self.fill_hit(&bin)? {
                 return Ok(Some(hit));
             }
-            if let Some(hit) = self.committed_hit(&hash).await? {
+            if let Some(hit) = self.committed_hit(bin).await? {
                 return Ok(Some(hit));
             }
-            if let Some(hit) = self.fill_hit(&hash)? {
+            if let Some(hit) = self.fill_hit(&bin)? {
                 return Ok(Some(hit));
             }
             if self.commits.load(Ordering::Acquire) == commits {
@@ -715,9 +726,8 @@ impl Storage for DiskStorage {
         let Some(tag) = tag else {
             return self.lookup(key, trace).await;
         };
-        let hash = key.combined();
         let fills = self.lock_fills();
-        match fills.get(&hash) {
+        match fills.get(&key.combined_bin()) {
             Some(fill) if fill.id.to_le_bytes() == tag => Self::partial_hit(fill).map(Some),
             _ => Ok(None),
         }
@@ -729,7 +739,8 @@ impl Storage for DiskStorage {
         meta: &CacheMeta,
         _: &SpanHandle,
     ) -> Result<MissHandler> {
-        let hash = key.combined();
+        let bin = key.combined_bin();
+        let hash = hex::encode(bin);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let part_path = self
             .tmp
@@ -749,7 +760,7 @@ impl Storage for DiskStorage {
         .map_err(|e| internal("cannot create cache part file", e))?;
         let (tx, rx) = watch::channel(Progress::Writing(0));
         self.lock_fills().insert(
-            hash.clone(),
+            bin,
             Fill {
                 id,
                 meta: serialized.clone(),
@@ -760,7 +771,7 @@ impl Storage for DiskStorage {
         self.stats.fills_in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(Box::new(DiskMiss {
             storage: self,
-            hash,
+            bin,
             id,
             id_bytes: id.to_le_bytes(),
             part_path,
@@ -784,8 +795,9 @@ impl Storage for DiskStorage {
         if matches!(target, PurgeTarget::Exact(CacheEntryKey::Identified { .. })) {
             return Ok(PurgeOutcome::NotFound);
         }
-        let hash = target.key().combined();
-        self.lock_hot().remove(&hash);
+        let bin = target.key().combined_bin();
+        let hash = hex::encode(bin);
+        self.lock_hot().remove(&bin);
         let removed = blocking(move || {
             let sidecar = std::fs::read(self.meta_path(&hash))
                 .ok()
@@ -810,7 +822,8 @@ impl Storage for DiskStorage {
         meta: &CacheMeta,
         _: &SpanHandle,
     ) -> Result<bool> {
-        let hash = key.combined();
+        let bin = key.combined_bin();
+        let hash = hex::encode(bin);
         let serialized = meta.serialize()?;
         let header = meta.response_header_copy();
         blocking(move || -> std::io::Result<bool> {
@@ -827,9 +840,9 @@ impl Storage for DiskStorage {
             f.sync_data()?;
             std::fs::rename(&tmp, self.meta_path(&hash))?;
             let mut hot = self.lock_hot();
-            if let Some(entry) = hot.entries.get(&hash).cloned() {
+            if let Some(entry) = hot.entries.get(&bin).cloned() {
                 let refreshed = HotEntry::with_header(sidecar.meta, header, entry.body.clone());
-                hot.insert(hash, refreshed);
+                hot.insert(bin, refreshed);
             }
             Ok(true)
         })
