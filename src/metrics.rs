@@ -23,6 +23,14 @@ pub struct Metrics {
     pub cache_evictions: IntCounter,
     pub digest_mismatches: IntCounter,
     pub rate_limited: IntCounter,
+    /// Downstream connections open now, and refused over `limits.max_connections`.
+    pub connections_open: IntGauge,
+    pub connections_refused: IntCounter,
+    /// Request heads refused before parsing, by reason: `too_large` (431), `timeout` (408).
+    pub request_heads_refused: IntCounterVec,
+    /// Responses cut because the client read too slowly (`limits.send_timeout`,
+    /// `limits.min_send_rate`).
+    pub send_timeouts: IntCounter,
 }
 
 /// The metrics, registered once on first use.
@@ -71,6 +79,27 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| Metrics {
     rate_limited: register_int_counter!(
         "pullthrough_rate_limited_total",
         "Requests refused by the rate limit"
+    )
+    .expect("metric registers once"),
+    connections_open: register_int_gauge!(
+        "pullthrough_connections_open",
+        "Downstream connections open"
+    )
+    .expect("metric registers once"),
+    connections_refused: register_int_counter!(
+        "pullthrough_connections_refused_total",
+        "Downstream connections refused over limits.max_connections"
+    )
+    .expect("metric registers once"),
+    request_heads_refused: register_int_counter_vec!(
+        "pullthrough_request_heads_refused_total",
+        "Request heads refused before parsing: too_large (431) or timeout (408)",
+        &["reason"]
+    )
+    .expect("metric registers once"),
+    send_timeouts: register_int_counter!(
+        "pullthrough_send_timeouts_total",
+        "Responses cut because the client did not read them fast enough"
     )
     .expect("metric registers once"),
 });

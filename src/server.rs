@@ -1,17 +1,23 @@
 //! `build`: a Pingora `Server` from a validated `Config`: the proxy service on its listeners.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use log::info;
-use pingora::server::ExecutionPhase;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{ExecutionPhase, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use tokio::sync::broadcast;
 
 use pingora::prelude::*;
-use pingora::proxy::http_proxy_service;
+use pingora::proxy::http_proxy;
 
 use crate::admin::AdminApp;
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::guard::GuardedApp;
 use crate::proxy::realms::RealmBook;
 use crate::proxy::{Mirror, Shared};
 use crate::tls::SniRecorder;
@@ -23,6 +29,8 @@ use pingora::listeners::tls::TlsSettings;
 pub enum BuildError {
     #[error("cannot open cache directory {0}: {1}")]
     Cache(String, std::io::Error),
+    #[error("{0} {1:?} cannot be written, so the daemon (-d) would not start: {2}")]
+    DaemonFile(&'static str, String, std::io::Error),
 }
 
 /// Builds the server; `opt` carries Pingora's command-line flags (`-d`, `-u`, `-t`).
@@ -45,10 +53,18 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
     let cache = Cache::open(&cache_config)
         .map_err(|e| BuildError::Cache(cache_config.dir.display().to_string(), e))?;
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    check_daemon_files(&server.configuration)?;
     server.bootstrap();
 
     let draining = Arc::new(AtomicBool::new(false));
-    watch_for_drain(&server, draining.clone());
+    server.add_service(background_service(
+        "drain watch",
+        DrainWatch {
+            phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
+            draining: draining.clone(),
+        },
+    ));
+    let connection_limits = limits.connections;
     let shared = Arc::new(Shared {
         draining,
         guard: crate::guard::Guard::new(limits),
@@ -69,7 +85,11 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }
-    let mut service = http_proxy_service(&server.configuration, Mirror::new(shared));
+    let proxy = http_proxy(&server.configuration, Mirror::new(shared));
+    let mut service = pingora::services::listening::Service::new(
+        "pullthrough".into(),
+        GuardedApp::new(proxy, connection_limits),
+    );
     for addr in &listen {
         service.add_tcp(&addr.to_string());
     }
@@ -92,26 +112,70 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
 /// (SIGTERM). From then on every response closes its connection, so keep-alive clients move
 /// to the new process on their next request instead of meeting a connection Pingora drops
 /// when its shutdown begins.
-fn watch_for_drain(server: &Server, draining: Arc<AtomicBool>) {
-    let mut phases = server.watch_execution_phase();
-    let spawned = std::thread::Builder::new()
-        .name("pullthrough-drain".into())
-        .spawn(move || {
-            while let Ok(phase) = phases.blocking_recv() {
-                if matches!(
-                    phase,
-                    ExecutionPhase::GracefulUpgradeTransferringFds
-                        | ExecutionPhase::GracefulUpgradeCloseTimeout
-                        | ExecutionPhase::GracefulTerminate
-                        | ExecutionPhase::ShutdownStarted
-                ) {
-                    info!("draining: responses now close their connections ({phase:?})");
-                    draining.store(true, Ordering::Release);
-                    return;
-                }
+///
+/// A background service, not a thread: services start after Pingora daemonizes (`-d`), and a
+/// thread waiting on the phase channel across that fork leaves the child a dangling waiter
+/// (tokio's broadcast then panics in `Server::run`). The receiver itself is only subscribed
+/// here, before the fork; nothing waits on it until the service runs.
+struct DrainWatch {
+    phases: std::sync::Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
+    draining: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl BackgroundService for DrainWatch {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let Some(mut phases) = self.phases.lock().ok().and_then(|mut p| p.take()) else {
+            return;
+        };
+        loop {
+            let phase = match phases.recv().await {
+                Ok(phase) => phase,
+                // Phases sent before the service started (bootstrap) may have been dropped.
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if matches!(
+                phase,
+                ExecutionPhase::GracefulUpgradeTransferringFds
+                    | ExecutionPhase::GracefulUpgradeCloseTimeout
+                    | ExecutionPhase::GracefulTerminate
+                    | ExecutionPhase::ShutdownStarted
+            ) {
+                info!("draining: responses now close their connections ({phase:?})");
+                self.draining.store(true, Ordering::Release);
+                return;
             }
-        });
-    if let Err(e) = spawned {
-        log::warn!("cannot watch for upgrades, keep-alive clients may see closed connections: {e}");
+        }
     }
+}
+
+/// With `-d`, a pid file or error log that cannot be written would make Pingora's daemonize
+/// panic after the fork (or leave a daemon nobody can signal): refuse before that.
+fn check_daemon_files(conf: &ServerConf) -> Result<(), BuildError> {
+    if !conf.daemon {
+        return Ok(());
+    }
+    let pid_file = Path::new(&conf.pid_file);
+    let dir = match pid_file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    // Daemonize renames the old pid file aside and creates a new one: the directory must
+    // take a new file.
+    let probe = dir.join(format!(".pullthrough-check.{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| BuildError::DaemonFile("pingora.pid_file", conf.pid_file.clone(), e))?;
+    if let Some(log) = &conf.error_log {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(log)
+            .map_err(|e| BuildError::DaemonFile("pingora.error_log", log.clone(), e))?;
+    }
+    Ok(())
 }

@@ -112,6 +112,16 @@ pub struct AdminFile {
 pub struct LimitsFile {
     pub requests_per_second: Option<u32>,
     pub blob_downloads_per_client: Option<u32>,
+    /// Open downstream connections per process (0 = off).
+    pub max_connections: Option<usize>,
+    /// Largest request head, a size.
+    pub request_head_max: Option<String>,
+    /// Deadline for a whole request head, a duration.
+    pub request_head_timeout: Option<String>,
+    /// A stalled write to a client ends the response after this (a duration; 0s = off).
+    pub send_timeout: Option<String>,
+    /// Bytes per second each write must at least reach (a size; 0 = off).
+    pub min_send_rate: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use pingora::server::configuration::ServerConf;
 
-use crate::guard::{Limits, RepoFilter, TrustedProxies};
+use crate::guard::{ConnectionLimits, Limits, RepoFilter, TrustedProxies};
 use crate::redirect::{HostPattern, RedirectAction, RedirectPolicy, DEFAULT_MAX_HOPS};
 use crate::routes::{Route, RouteTable, STANDARD_ROUTES};
 use crate::tls::SniCertResolver;
@@ -185,6 +185,44 @@ fn size(path: &str, value: Option<&String>, default: u64) -> Result<u64, ConfigE
     }
 }
 
+/// The connection bounds of `limits:` (see `guard::connection`).
+fn connection_limits(file: &file::LimitsFile) -> Result<ConnectionLimits, ConfigError> {
+    let defaults = ConnectionLimits::default();
+    let request_head_max = size(
+        "limits.request_head_max",
+        file.request_head_max.as_ref(),
+        defaults.request_head_max as u64,
+    )?;
+    // Below 1 KiB ordinary pulls (a bearer token alone is ~1-2 KiB) would be refused.
+    if !(1 << 10..=1 << 20).contains(&request_head_max) {
+        return Err(invalid(
+            "limits.request_head_max",
+            format!("{request_head_max} bytes is outside 1KiB..1MiB"),
+        ));
+    }
+    let request_head_timeout = duration(
+        "limits.request_head_timeout",
+        file.request_head_timeout.as_ref(),
+        defaults.request_head_timeout,
+    )?;
+    if request_head_timeout.is_zero() {
+        return Err(invalid("limits.request_head_timeout", "must be above 0s"));
+    }
+    let send_timeout = duration(
+        "limits.send_timeout",
+        file.send_timeout.as_ref(),
+        defaults.send_timeout.unwrap_or_default(),
+    )?;
+    let min_send_rate = size("limits.min_send_rate", file.min_send_rate.as_ref(), 0)?;
+    Ok(ConnectionLimits {
+        max_connections: file.max_connections.unwrap_or(defaults.max_connections),
+        request_head_max: request_head_max as usize,
+        request_head_timeout,
+        send_timeout: (!send_timeout.is_zero()).then_some(send_timeout),
+        min_send_rate: (min_send_rate != 0).then_some(min_send_rate as usize),
+    })
+}
+
 fn host_patterns(path: &str, list: &[String]) -> Result<Vec<HostPattern>, ConfigError> {
     list.iter()
         .enumerate()
@@ -336,6 +374,7 @@ impl Config {
         let limits = Limits {
             requests_per_second: file.limits.requests_per_second.unwrap_or(0),
             blob_downloads_per_client: file.limits.blob_downloads_per_client.unwrap_or(0),
+            connections: connection_limits(&file.limits)?,
         };
         let repositories = RepoFilter::new(&file.repositories.allow, &file.repositories.block)
             .map_err(|e| invalid("repositories", e))?;

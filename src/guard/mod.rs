@@ -2,6 +2,7 @@
 //! and concurrent blob downloads (`Guard`), and which repositories are served (`repos`).
 
 pub mod client;
+pub mod connection;
 pub mod repos;
 
 use std::net::IpAddr;
@@ -11,13 +12,16 @@ use pingora_limits::inflight::{Guard as InflightGuard, Inflight};
 use pingora_limits::rate::Rate;
 
 pub use client::{ClientInfo, TrustedProxies};
+pub use connection::{ConnectionLimits, GuardedApp};
 pub use repos::RepoFilter;
 
-/// Limits from `limits:`; 0 turns one off.
+/// Limits from `limits:`; 0 turns a per-client one off.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Limits {
     pub requests_per_second: u32,
     pub blob_downloads_per_client: u32,
+    /// Bounds on connections and request heads, and on slow readers.
+    pub connections: ConnectionLimits,
 }
 
 /// What a limit decided.
@@ -39,6 +43,11 @@ pub struct Guard {
 pub struct DownloadSlot(#[allow(dead_code)] InflightGuard);
 
 impl Guard {
+    /// The connection bounds, for the listeners and each downstream session.
+    pub fn connections(&self) -> &ConnectionLimits {
+        &self.limits.connections
+    }
+
     pub fn new(limits: Limits) -> Guard {
         Guard {
             limits,
@@ -86,6 +95,7 @@ mod tests {
         let g = Guard::new(Limits {
             requests_per_second: 3,
             blob_downloads_per_client: 1,
+            ..Limits::default()
         });
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();

@@ -166,6 +166,10 @@ impl ProxyHttp for Mirror {
         {
             session.set_keepalive(None);
         }
+        self.shared
+            .guard
+            .connections()
+            .apply_send_limits(session.as_downstream_mut());
         let client = self.client_info(session);
         ctx.client = Some(client);
         let sni = session
@@ -199,6 +203,11 @@ impl ProxyHttp for Mirror {
                     req.method,
                     req.uri.path()
                 );
+                // A body left unread would be drained after the answer, where the head guard
+                // counts it as the next head: close instead (the mirror takes no uploads).
+                if !session.as_downstream_mut().is_body_empty() {
+                    session.set_keepalive(None);
+                }
                 responses::send(session, &canned).await?;
                 Ok(true)
             }
@@ -518,6 +527,9 @@ impl ProxyHttp for Mirror {
             _ => String::new(),
         };
         record_metrics(ctx, status, session.body_bytes_sent());
+        if e.is_some_and(|e| e.etype() == &ErrorType::WriteTimedout) {
+            METRICS.send_timeouts.inc();
+        }
         info!(
             target: "pullthrough::access",
             "{} {} route={} via={} status={status} bytes={} redirects={} ms={}{error}",
