@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod hub;
+pub mod load;
 pub mod registry;
 
 use std::io::Read;
