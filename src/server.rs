@@ -23,6 +23,7 @@ use crate::proxy::{Mirror, Shared};
 use crate::tls::SniRecorder;
 use crate::upstream::Resolver;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 
 /// Why the server cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +91,13 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
         "pullthrough".into(),
         GuardedApp::new(proxy, connection_limits),
     );
+    // No L4 read buffer: Pingora's default is 64 KiB per connection, filled by the first
+    // bytes a client sends and kept by the allocator after the connection ends (200
+    // connections sending large heads held ~13 MiB that way). Request heads are read
+    // straight into the parser's own bounded buffer instead.
+    let l4_buffer = L4BufferSettings::default().read(0);
     for addr in &listen {
-        service.add_tcp(&addr.to_string());
+        service.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(l4_buffer));
     }
     if let Some(tls) = tls {
         for addr in &tls.listen {
@@ -101,7 +107,11 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
             if tls.http2 {
                 settings.enable_h2();
             }
-            service.add_tls_with_settings(&addr.to_string(), None, settings);
+            service.add_listener(
+                ListenerConfig::tcp(addr.to_string())
+                    .tls(settings)
+                    .l4_buffer(l4_buffer),
+            );
         }
     }
     server.add_service(service);

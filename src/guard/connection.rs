@@ -36,7 +36,8 @@ use crate::metrics::METRICS;
 pub struct ConnectionLimits {
     /// Open downstream connections; a new one over this is answered 503 and closed. 0 = off.
     pub max_connections: usize,
-    /// Largest HTTP/1 request head (request line and headers), bytes; larger gets 431.
+    /// Largest HTTP/1 request head (request line, headers and the blank line), bytes;
+    /// larger gets 431.
     pub request_head_max: usize,
     /// A request head must arrive whole within this, counted from the connection's start
     /// for its first request and from the first byte for later ones; else 408 and closed.
@@ -236,6 +237,20 @@ fn deadline_passed(
     timer.as_mut().poll(cx).is_ready()
 }
 
+/// `poll_read` into at most `limit` bytes of `buf`.
+fn read_at_most(
+    inner: Pin<&mut Stream>,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+    limit: usize,
+) -> Poll<io::Result<()>> {
+    let mut part = ReadBuf::new(buf.initialize_unfilled_to(limit));
+    let polled = inner.poll_read(cx, &mut part);
+    let n = part.filled().len();
+    buf.advance(n);
+    polled
+}
+
 fn refusal(kind: io::ErrorKind) -> io::Error {
     let why = match kind {
         io::ErrorKind::TimedOut => "request head not received in time",
@@ -252,7 +267,14 @@ impl AsyncRead for HeadGuard {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let polled = match &this.phase {
+            Phase::Head { read, .. } if buf.remaining() > this.head_max - read => {
+                // Near the bound: read no more than it allows, so Pingora's head buffer never
+                // grows past it (its buffer doubles when full).
+                read_at_most(Pin::new(&mut this.inner), cx, buf, this.head_max - read)
+            }
+            _ => Pin::new(&mut this.inner).poll_read(cx, buf),
+        };
         let (read, since, scan) = match &mut this.phase {
             Phase::Request => return polled,
             Phase::Refused(kind) => return Poll::Ready(Err(refusal(*kind))),
@@ -270,7 +292,7 @@ impl AsyncRead for HeadGuard {
                     return Poll::Ready(Ok(()));
                 }
                 *read += new.len();
-                if *read > this.head_max {
+                if *read >= this.head_max {
                     METRICS
                         .request_heads_refused
                         .with_label_values(&["too_large"])
