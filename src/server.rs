@@ -12,6 +12,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use tokio::sync::broadcast;
 
 use pingora::prelude::*;
+use pingora::protocols::http::v2::server::default_h2_options;
 use pingora::proxy::http_proxy;
 
 use crate::admin::AdminApp;
@@ -86,7 +87,11 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }
-    let proxy = http_proxy(&server.configuration, Mirror::new(shared));
+    let mut proxy = http_proxy(&server.configuration, Mirror::new(shared));
+    // HTTP/2 heads get the same size bound (the guard reads HTTP/1 only).
+    let mut h2 = default_h2_options();
+    h2.max_header_list_size(u32::try_from(connection_limits.request_head_max).unwrap_or(u32::MAX));
+    proxy.h2_options = Some(h2);
     let mut service = pingora::services::listening::Service::new(
         "pullthrough".into(),
         GuardedApp::new(proxy, connection_limits),
