@@ -18,6 +18,15 @@ pub const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.docker.distribution.manifest.v1+json",
 ];
 
+/// An `Accept` naming every manifest type, for the mirror's own requests about a manifest
+/// (access probes): distribution answers an OCI manifest asked for without an OCI `Accept`
+/// with 404, which would read as "refused".
+pub static MANIFEST_ACCEPT: once_cell::sync::Lazy<http::HeaderValue> =
+    once_cell::sync::Lazy::new(|| {
+        http::HeaderValue::from_str(&MANIFEST_TYPES.join(", "))
+            .expect("media types are valid header text")
+    });
+
 /// The manifest types an `Accept` header names, as a bit set in `MANIFEST_TYPES` order.
 /// `*/*`, parameters, case and order do not matter; types it does not know are ignored.
 pub fn accept_set(accept: &[&str]) -> u8 {

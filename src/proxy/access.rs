@@ -9,8 +9,9 @@ use log::{debug, warn};
 use pingora::proxy::Session;
 
 use super::{Mirror, RequestCtx, Shared};
+use crate::cache::key::MANIFEST_ACCEPT;
 use crate::proxy::token::{TokenRequest, UpstreamRealm};
-use crate::registry::Challenge;
+use crate::registry::{Challenge, V2Path};
 use crate::routes::Route;
 
 /// Largest token response read from a realm.
@@ -27,6 +28,7 @@ impl Mirror {
             return false;
         };
         let path = target.registry_path_and_query();
+        let accept = accept_for(ctx.registry_path());
         let s = &self.shared;
         let book = &s.cache.access;
         let repo = repo.as_str();
@@ -34,7 +36,7 @@ impl Mirror {
         if credential.is_some_and(|c| book.granted(&route.name, repo, c.as_bytes())) {
             return true;
         }
-        if s.repository_is_public(route, &path, repo).await {
+        if s.repository_is_public(route, &path, repo, accept).await {
             return true;
         }
         let Some(credential) = credential else {
@@ -44,7 +46,9 @@ impl Mirror {
             );
             return false;
         };
-        let allowed = s.upstream_allows(route, &path, Some(credential)).await;
+        let allowed = s
+            .upstream_allows(route, &path, Some(credential), accept)
+            .await;
         if allowed {
             book.grant(&route.name, repo, credential.as_bytes());
         }
@@ -80,8 +84,11 @@ impl Mirror {
             repo.to_string(),
             target.registry_path_and_query(),
         );
+        let accept = accept_for(ctx.registry_path());
         tokio::spawn(async move {
-            shared.repository_is_public(&route, &path, &repo).await;
+            shared
+                .repository_is_public(&route, &path, &repo, accept)
+                .await;
         });
     }
 }
@@ -89,11 +96,17 @@ impl Mirror {
 impl Shared {
     /// Whether anyone may read the repository; probed once per `VERDICT_TTL`, however many
     /// readers ask at once.
-    async fn repository_is_public(self: &Arc<Self>, route: &Route, path: &str, repo: &str) -> bool {
+    async fn repository_is_public(
+        self: &Arc<Self>,
+        route: &Route,
+        path: &str,
+        repo: &str,
+        accept: Option<&HeaderValue>,
+    ) -> bool {
         let verdict = self.cache.access.verdict(&route.name, repo);
         *verdict
             .get_or_init(|| async {
-                let public = self.probe_anonymously(route, path, repo).await;
+                let public = self.probe_anonymously(route, path, repo, accept).await;
                 debug!(target: super::CACHE_LOG,
                     "route {}: {repo} is {}",
                     route.name,
@@ -105,16 +118,18 @@ impl Shared {
     }
 
     /// Whether the upstream answers `path` (a HEAD) with these credentials: any answer below
-    /// 400 counts (a blob HEAD may redirect to storage).
+    /// 400 counts (a blob HEAD may redirect to storage). `accept` goes with a manifest's.
     async fn upstream_allows(
         &self,
         route: &Route,
         path: &str,
         credential: Option<&HeaderValue>,
+        accept: Option<&HeaderValue>,
     ) -> bool {
         let headers: Vec<_> = credential
             .map(|c| (header::AUTHORIZATION, c))
             .into_iter()
+            .chain(accept.map(|a| (header::ACCEPT, a)))
             .collect();
         match self
             .side
@@ -136,14 +151,27 @@ impl Shared {
     }
 
     /// A HEAD without credentials, or with an anonymous token from the upstream's realm.
-    async fn probe_anonymously(&self, route: &Route, path: &str, repo: &str) -> bool {
+    async fn probe_anonymously(
+        &self,
+        route: &Route,
+        path: &str,
+        repo: &str,
+        accept: Option<&HeaderValue>,
+    ) -> bool {
         let realm = match self.realms.get(&route.name) {
             Some(r) => r,
             None => {
                 // Learn it (or find the registry needs no token at all).
+                let headers: Vec<_> = accept.map(|a| (header::ACCEPT, a)).into_iter().collect();
                 let Ok(resp) = self
                     .side
-                    .head(&self.resolver, &self.upstream, &route.upstream, path, &[])
+                    .head(
+                        &self.resolver,
+                        &self.upstream,
+                        &route.upstream,
+                        path,
+                        &headers,
+                    )
                     .await
                 else {
                     return false;
@@ -195,8 +223,15 @@ impl Shared {
         else {
             return false;
         };
-        self.upstream_allows(route, path, Some(&bearer)).await
+        self.upstream_allows(route, path, Some(&bearer), accept)
+            .await
     }
+}
+
+/// The `Accept` an access check sends: every manifest type for a manifest (an OCI one asked
+/// for without it is a 404 at distribution), none for a blob.
+fn accept_for(path: Option<&V2Path>) -> Option<&'static HeaderValue> {
+    matches!(path, Some(V2Path::Manifest { .. })).then(|| &*MANIFEST_ACCEPT)
 }
 
 /// The token of a realm's JSON answer (`token`, or OAuth2's `access_token`).

@@ -189,8 +189,10 @@ fn path_error(e: PathError) -> RegistryError {
         PathError::Reference(e @ ReferenceError::Name(_)) => {
             RegistryError::new(400, ErrorCode::NameInvalid, e.to_string())
         }
+        // No manifest can have a name that is not a tag: the spec (and its conformance
+        // suite, with `.INVALID_MANIFEST_NAME`) wants 404, as for any unknown tag.
         PathError::Reference(e @ ReferenceError::Tag(_)) => {
-            RegistryError::new(400, ErrorCode::ManifestInvalid, e.to_string())
+            RegistryError::new(404, ErrorCode::ManifestUnknown, e.to_string())
         }
         PathError::Reference(e @ ReferenceError::Digest(_)) => {
             RegistryError::new(400, ErrorCode::DigestInvalid, e.to_string())
@@ -286,6 +288,18 @@ mod tests {
             status(run(Method::GET, "/v2/a/blobs/sha256:1", None, "m")),
             400
         );
+        // Conformance: a name that cannot be a tag is an unknown manifest.
+        for bad in [".INVALID_MANIFEST_NAME", "t\u{e4}g", "-x"] {
+            let plan = run(Method::GET, &format!("/v2/a/manifests/{bad}"), None, "m");
+            let Plan::Respond(Canned::Error(e)) = plan else {
+                panic!("{bad}: {plan:?}");
+            };
+            assert_eq!(
+                (e.status, e.code),
+                (404, ErrorCode::ManifestUnknown),
+                "{bad}"
+            );
+        }
         assert_eq!(
             status(run(
                 Method::GET,

@@ -67,12 +67,18 @@ pub async fn send_error(session: &mut Session, e: &RegistryError) -> Result<()> 
     if session.response_written().is_some() {
         return Ok(());
     }
+    // RFC 9110 section 15.5.6: a 405 says which methods would work.
+    let allow: &[(&str, &str)] = if e.status == 405 {
+        &[("Allow", "GET, HEAD")]
+    } else {
+        &[]
+    };
     write(
         session,
         e.status,
         "application/json",
         Bytes::from(e.body()),
-        &[],
+        allow,
     )
     .await
 }

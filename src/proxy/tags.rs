@@ -23,6 +23,14 @@ impl Mirror {
                 headers.push((name.clone(), value));
             }
         }
+        // A client that named no type: ask for the one cached, or the answer means nothing
+        // (distribution: 404 for an OCI manifest asked for without an OCI Accept).
+        let cached_type = meta.response_header().headers.get(header::CONTENT_TYPE);
+        if !req.headers.contains_key(header::ACCEPT) {
+            if let Some(media_type) = cached_type {
+                headers.push((header::ACCEPT, media_type));
+            }
+        }
         let s = &self.shared;
         let answer = s
             .side

@@ -10,6 +10,7 @@ pub enum ErrorCode {
     NameInvalid,
     NameUnknown,
     ManifestInvalid,
+    ManifestUnknown,
     DigestInvalid,
     Unsupported,
     Unauthorized,

@@ -25,7 +25,9 @@ const NAME_MAX_LEN: usize = 255;
 
 static NAME_COMPONENT: Lazy<Regex> =
     Lazy::new(|| Regex::new(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$").expect("static regex"));
-static TAG: Lazy<Regex> = Lazy::new(|| Regex::new(r"^[\w][\w.-]{0,127}$").expect("static regex"));
+// ASCII only, as the distribution spec's tag grammar (`\w` would take any Unicode letter).
+static TAG: Lazy<Regex> =
+    Lazy::new(|| Regex::new(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$").expect("static regex"));
 
 /// A repository name such as `library/nginx` or `coreos/etcd`: slash-separated components of
 /// the distribution grammar.

@@ -25,6 +25,8 @@ pub const AUTH: &str = "auth.docker.io";
 pub const CDN: &str = "production.cloudflare.docker.com";
 pub const STORAGE: &str = "docker-images-prod.abc123.r2.cloudflarestorage.com";
 pub const PRIVATE_REPO: &str = "acme/secret";
+/// The one manifest type the hub stores; asked for without it, a manifest is a 404.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const USER: &str = "alice";
 pub const PASSWORD: &str = "s3cret-pa55";
 
@@ -49,6 +51,8 @@ struct Inner {
     poisoned: HashMap<String, Vec<u8>>,
     /// Blobs whose second half waits for the gate to open.
     gated: HashMap<String, Arc<tokio::sync::Semaphore>>,
+    /// Tokens issued so far: each token is new, as Docker Hub's JWTs are.
+    tokens_issued: u64,
 }
 
 /// The fake hub; cheap to clone, shared by its four servers.
@@ -235,10 +239,11 @@ fn registry_error(status: StatusCode, code: &str, extra: &[(&str, String)]) -> R
     respond(status, &headers, body)
 }
 
-/// The token grants: `Bearer tok:<repo>,<repo>` (what the auth host issued).
+/// The token grants: `Bearer tok:<repo>,<repo>#<serial>` (what the auth host issued).
 fn granted(headers: &HeaderMap) -> Option<Vec<String>> {
     let auth = header(headers, "authorization")?;
     let token = auth.strip_prefix("Bearer tok:")?;
+    let token = token.split_once('#').map_or(token, |(grants, _)| grants);
     Some(
         token
             .split(',')
@@ -293,15 +298,24 @@ async fn registry(State(hub): State<Hub>, req: Request) -> Response {
     }
     let reference = path.rsplit('/').next().unwrap_or_default().to_owned();
     if path.contains("/manifests/") {
-        let found = hub.lock().manifests.get(&(repo, reference)).cloned();
+        // distribution 2.8: an OCI manifest asked for without an OCI Accept is unknown.
+        let accepts_oci = req
+            .headers()
+            .get_all("accept")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains(OCI_MANIFEST));
+        let found = hub
+            .lock()
+            .manifests
+            .get(&(repo, reference))
+            .cloned()
+            .filter(|_| accepts_oci);
         return match found {
             Some((digest, body)) => respond(
                 StatusCode::OK,
                 &[
-                    (
-                        "content-type",
-                        "application/vnd.oci.image.manifest.v1+json".into(),
-                    ),
+                    ("content-type", OCI_MANIFEST.into()),
                     ("docker-content-digest", digest),
                     ("ratelimit-limit", "100;w=21600".into()),
                     ("ratelimit-remaining", "99;w=21600".into()),
@@ -371,7 +385,12 @@ async fn auth(State(hub): State<Hub>, req: Request) -> Response {
             }
         }
     }
-    let token = format!("tok:{}", repos.join(","));
+    let serial = {
+        let mut inner = hub.lock();
+        inner.tokens_issued += 1;
+        inner.tokens_issued
+    };
+    let token = format!("tok:{}#{serial}", repos.join(","));
     respond(
         StatusCode::OK,
         &[("content-type", "application/json".into())],
@@ -472,6 +491,11 @@ pub async fn token_via(
         req = req.basic_auth(u, Some(p));
     }
     req.send().await.expect("token request")
+}
+
+/// What a hub token grants (`tok:<repo>,<repo>`), without its serial.
+pub fn grants(token: &str) -> &str {
+    token.split_once('#').map_or(token, |(grants, _)| grants)
 }
 
 pub fn addr(port: u16) -> SocketAddr {

@@ -187,9 +187,19 @@ impl Drop for Mirror {
     }
 }
 
-/// An HTTP client that never follows redirects and reaches `names` at `addr`.
+/// What registry clients send as `Accept` (skopeo's list): every manifest type.
+pub const CLIENT_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json, */*";
+
+/// An HTTP client that never follows redirects and reaches `names` at `addr`; it sends a
+/// registry client's `Accept` unless a request sets its own.
 pub fn client(names: &[&str], addr: SocketAddr) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::ACCEPT,
+        reqwest::header::HeaderValue::from_static(CLIENT_ACCEPT),
+    );
     let mut b = reqwest::Client::builder()
+        .default_headers(headers)
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(120));
