@@ -87,8 +87,7 @@ async fn challenge_relay_and_pull() {
     let last = hub
         .seen_by(REGISTRY)
         .into_iter()
-        .filter(|s| s.method == "GET")
-        .last()
+        .rfind(|s| s.method == "GET")
         .unwrap();
     assert_eq!(last.path_and_query, "/v2/library/hello/manifests/latest");
     assert_eq!(
