@@ -73,6 +73,19 @@ async fn a_new_token_each_pull_does_not_fetch_the_oci_manifest_again() {
             after_first = Some(hub.count(REGISTRY));
         }
     }
+    // The mirror's own requests (the access probe's HEADs) say who they are.
+    let own: Vec<_> = hub
+        .seen_by(REGISTRY)
+        .into_iter()
+        .filter(|s| s.method == "HEAD")
+        .collect();
+    assert!(!own.is_empty());
+    for s in own {
+        assert_eq!(
+            s.user_agent.as_deref(),
+            Some(concat!("pullthrough/", env!("CARGO_PKG_VERSION")))
+        );
+    }
     assert_eq!(
         hub.count_method(REGISTRY, "GET", "/manifests/"),
         2,

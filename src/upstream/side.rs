@@ -20,6 +20,9 @@ pub enum SideError {
     Http(String),
 }
 
+/// What the mirror's own requests say they are.
+pub const USER_AGENT: &str = concat!("pullthrough/", env!("CARGO_PKG_VERSION"));
+
 /// Makes side requests.
 pub struct SideClient {
     connector: Connector,
@@ -48,9 +51,11 @@ impl SideClient {
         headers: &[(HeaderName, &HeaderValue)],
     ) -> Result<ResponseHeader, SideError> {
         // Not returned to the pool: side requests are rare (a stale tag, an access check).
-        let session = self
-            .send(resolver, timeouts, Method::HEAD, origin, path, headers)
-            .await?;
+        let session = deadline(
+            timeouts,
+            self.send(resolver, timeouts, Method::HEAD, origin, path, headers),
+        )
+        .await??;
         response_header(&session)
     }
 
@@ -64,18 +69,21 @@ impl SideClient {
         headers: &[(HeaderName, &HeaderValue)],
         limit: usize,
     ) -> Result<(ResponseHeader, Vec<u8>), SideError> {
-        let mut session = self
-            .send(resolver, timeouts, Method::GET, origin, path, headers)
-            .await?;
-        let resp = response_header(&session)?;
-        let mut body = Vec::new();
-        while let Some(chunk) = session.read_response_body().await.map_err(http_error)? {
-            if body.len() + chunk.len() > limit {
-                return Err(SideError::Http(format!("response body over {limit} bytes")));
+        deadline(timeouts, async {
+            let mut session = self
+                .send(resolver, timeouts, Method::GET, origin, path, headers)
+                .await?;
+            let resp = response_header(&session)?;
+            let mut body = Vec::new();
+            while let Some(chunk) = session.read_response_body().await.map_err(http_error)? {
+                if body.len() + chunk.len() > limit {
+                    return Err(SideError::Http(format!("response body over {limit} bytes")));
+                }
+                body.extend_from_slice(&chunk);
             }
-            body.extend_from_slice(&chunk);
-        }
-        Ok((resp, body))
+            Ok((resp, body))
+        })
+        .await?
     }
 
     async fn send(
@@ -102,6 +110,8 @@ impl SideClient {
             .map_err(http_error)?;
         req.insert_header(http::header::HOST, origin.authority())
             .map_err(http_error)?;
+        req.insert_header(http::header::USER_AGENT, USER_AGENT)
+            .map_err(http_error)?;
         for (name, value) in headers {
             req.append_header(name.clone(), (*value).clone())
                 .map_err(http_error)?;
@@ -114,6 +124,18 @@ impl SideClient {
         session.read_response_header().await.map_err(http_error)?;
         Ok(session)
     }
+}
+
+/// Runs a whole side request under one deadline (connect plus one read timeout): a server
+/// that trickles its answer cannot hold a probe, and the requests waiting on it, for long.
+async fn deadline<T>(
+    timeouts: &UpstreamConfig,
+    request: impl std::future::Future<Output = T>,
+) -> Result<T, SideError> {
+    let limit = timeouts.connect_timeout + timeouts.read_timeout;
+    tokio::time::timeout(limit, request)
+        .await
+        .map_err(|_| SideError::Http(format!("no complete answer within {limit:?}")))
 }
 
 fn response_header(session: &HttpSession) -> Result<ResponseHeader, SideError> {

@@ -37,6 +37,7 @@ pub struct Seen {
     pub method: String,
     pub path_and_query: String,
     pub authorization: Option<String>,
+    pub user_agent: Option<String>,
 }
 
 #[derive(Default)]
@@ -215,6 +216,7 @@ impl Hub {
                 .map(|p| p.to_string())
                 .unwrap_or_default(),
             authorization: header(req.headers(), "authorization"),
+            user_agent: header(req.headers(), "user-agent"),
         };
         self.lock().seen.push(seen);
     }
