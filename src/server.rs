@@ -80,6 +80,8 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
         public_scheme,
         cache,
         side: crate::upstream::SideClient::new(),
+        outages: Default::default(),
+        tag_checks: Default::default(),
     });
     if let Some(addr) = admin_listen {
         let app = pingora::apps::http_app::HttpServer::new_app(AdminApp::new(shared.clone()));

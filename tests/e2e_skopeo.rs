@@ -109,3 +109,59 @@ async fn skopeo_through_token_auth_registry() {
         );
     });
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skopeo_pulls_a_warm_image_after_the_registry_and_then_its_token_service_stop() {
+    let tokens = TokenServer::start().await;
+    let work = tempfile::tempdir().unwrap();
+    tokio::task::block_in_place(|| {
+        let layout = Layout::write(&work.path().join("oci"), &[MIB, 4096]);
+        let mut reg = Registry::start(Some(&tokens.auth));
+        layout.push(&reg.addr(), "team/app", Some("user:pass"));
+        let mirror = Mirror::start(&format!(
+            "default_route: secure\nroutes:\n  secure: {{ upstream: \"http://{}\" }}\n",
+            reg.addr()
+        ));
+        let mirror_addr = format!("127.0.0.1:{}", mirror.port);
+        let warm = pulled(
+            &mirror_addr,
+            "team/app:multi",
+            true,
+            &work.path().join("warm"),
+        );
+        // The mirror decides in the background whether the repository is public.
+        for _ in 0..200 {
+            if mirror.log().contains("team/app is public") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            mirror.log().contains("team/app is public"),
+            "{}",
+            mirror.log()
+        );
+
+        reg.stop();
+        let offline = pulled(
+            &mirror_addr,
+            "team/app:multi",
+            true,
+            &work.path().join("off1"),
+        );
+        assert_eq!(offline, warm, "registry stopped");
+        tokens.stop();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let offline = pulled(
+            &mirror_addr,
+            "team/app:multi",
+            true,
+            &work.path().join("off2"),
+        );
+        assert_eq!(offline, warm, "registry and token service stopped");
+        let log = mirror.log();
+        assert!(log.contains("upstream unavailable"), "{log}");
+        // The second pull got its token from the mirror itself.
+        assert!(log.contains("OfflineToken"), "{log}");
+    });
+}

@@ -18,6 +18,9 @@ pub const PRIVATE_MARK: &str = "x-pullthrough-private";
 pub const VERDICT_TTL: Duration = Duration::from_secs(600);
 /// How long an upstream's acceptance of a credential for a repository is trusted.
 pub const GRANT_TTL: Duration = Duration::from_secs(300);
+/// How long a decided verdict still stands in for one that cannot be decided now (the
+/// upstream is unavailable): as long as a stale tag may be served.
+pub const LAST_VERDICT_TTL: Duration = crate::cache::policy::DEFAULT_STALE_FOR;
 
 /// A repository's public/private verdict: decided once by whoever asks first, awaited by
 /// everyone else (one probe however many readers arrive together).
@@ -28,6 +31,8 @@ pub type Verdict = Arc<tokio::sync::OnceCell<bool>>;
 pub struct AccessBook {
     public: Mutex<HashMap<(String, String), (Verdict, Instant)>>,
     grants: Mutex<HashMap<u64, Instant>>,
+    /// The last verdict decided per repository, and when.
+    last: Mutex<HashMap<(String, String), (bool, Instant)>>,
 }
 
 fn grant_key(route: &str, repo: &str, credential: &[u8]) -> u64 {
@@ -58,6 +63,24 @@ impl AccessBook {
                 cell
             }
         }
+    }
+
+    /// Records a decided verdict as the one to fall back on while the upstream is down.
+    pub fn remember(&self, route: &str, repo: &str, public: bool) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if last.len() > 100_000 {
+            last.retain(|_, (_, at)| now.duration_since(*at) < LAST_VERDICT_TTL);
+        }
+        last.insert((route.to_owned(), repo.to_owned()), (public, now));
+    }
+
+    /// The last verdict decided for a repository, if recent enough to stand in.
+    pub fn last_verdict(&self, route: &str, repo: &str) -> Option<bool> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.get(&(route.to_owned(), repo.to_owned()))
+            .filter(|(_, at)| at.elapsed() < LAST_VERDICT_TTL)
+            .map(|(public, _)| *public)
     }
 
     /// Whether the upstream recently accepted this credential for the repository.

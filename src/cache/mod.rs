@@ -72,6 +72,7 @@ impl Cache {
             lock,
             ttl: TtlPolicy {
                 tag_ttl: config.tag_ttl,
+                stale_for: config.stale_for,
             },
             access: access::AccessBook::default(),
         })
@@ -95,6 +96,7 @@ mod tests {
             dir: dir.to_owned(),
             max_size,
             tag_ttl: Duration::from_secs(60),
+            stale_for: Duration::from_secs(60),
         }
     }
 

@@ -6,13 +6,14 @@ use crate::registry::V2Path;
 
 /// Content by digest never changes: a year, never revalidated in practice.
 pub const IMMUTABLE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
-/// How long a stale tag may still be served when the upstream fails.
-pub const STALE_IF_ERROR: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a stale tag may still be served when the upstream fails (`cache.stale_for`).
+pub const DEFAULT_STALE_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Freshness lifetimes from the config.
 #[derive(Debug, Clone, Copy)]
 pub struct TtlPolicy {
     pub tag_ttl: Duration,
+    pub stale_for: Duration,
 }
 
 impl TtlPolicy {
@@ -27,7 +28,7 @@ impl TtlPolicy {
     /// How long past freshness it may be served when the upstream fails.
     pub fn stale_if_error(&self, path: &V2Path) -> Duration {
         match path {
-            V2Path::Manifest { reference, .. } if !reference.is_digest() => STALE_IF_ERROR,
+            V2Path::Manifest { reference, .. } if !reference.is_digest() => self.stale_for,
             _ => Duration::ZERO,
         }
     }
@@ -51,6 +52,7 @@ mod tests {
     fn lifetimes() {
         let p = TtlPolicy {
             tag_ttl: Duration::from_secs(600),
+            stale_for: DEFAULT_STALE_FOR,
         };
         let tag: V2Path = "/v2/a/manifests/latest".parse().unwrap();
         let digest: V2Path = format!("/v2/a/blobs/sha256:{}", "a".repeat(64))

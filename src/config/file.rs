@@ -101,6 +101,8 @@ pub struct CacheFile {
     pub dir: Option<String>,
     pub max_size: Option<String>,
     pub tag_ttl: Option<String>,
+    /// How long past `tag_ttl` a tag is still served while the upstream is unavailable.
+    pub stale_for: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -75,6 +75,8 @@ pub struct CacheConfig {
     pub dir: PathBuf,
     pub max_size: u64,
     pub tag_ttl: Duration,
+    /// Longest a tag is served past `tag_ttl` while the upstream is unavailable.
+    pub stale_for: Duration,
 }
 
 /// The validated runtime configuration.
@@ -340,6 +342,11 @@ impl Config {
                 "cache.tag_ttl",
                 c.tag_ttl.as_ref(),
                 Duration::from_secs(600),
+            )?,
+            stale_for: duration(
+                "cache.stale_for",
+                c.stale_for.as_ref(),
+                crate::cache::policy::DEFAULT_STALE_FOR,
             )?,
         };
         if cache.max_size == 0 {

@@ -8,11 +8,14 @@ use http::header::{self, HeaderValue};
 use log::{debug, warn};
 use pingora::proxy::Session;
 
-use super::{Mirror, RequestCtx, Shared};
+use super::{offline, Mirror, RequestCtx, Shared};
 use crate::cache::key::MANIFEST_ACCEPT;
 use crate::proxy::token::{TokenRequest, UpstreamRealm};
 use crate::registry::{Challenge, V2Path};
 use crate::routes::Route;
+
+/// The upstream could not be asked: nothing decided.
+struct Unreachable;
 
 /// Largest token response read from a realm.
 const TOKEN_LIMIT: usize = 64 * 1024;
@@ -46,9 +49,11 @@ impl Mirror {
             );
             return false;
         };
+        // Unreachable: private content is served offline only on a grant still in memory.
         let allowed = s
             .upstream_allows(route, &path, Some(credential), accept)
-            .await;
+            .await
+            .unwrap_or(false);
         if allowed {
             book.grant(&route.name, repo, credential.as_bytes());
         }
@@ -103,29 +108,52 @@ impl Shared {
         repo: &str,
         accept: Option<&HeaderValue>,
     ) -> bool {
-        let verdict = self.cache.access.verdict(&route.name, repo);
-        *verdict
-            .get_or_init(|| async {
-                let public = self.probe_anonymously(route, path, repo, accept).await;
+        let book = &self.cache.access;
+        let verdict = book.verdict(&route.name, repo);
+        let decided = verdict
+            .get_or_try_init(|| async {
+                let public = self
+                    .probe_anonymously(route, path, repo, accept)
+                    .await
+                    .ok_or(Unreachable)?;
                 debug!(target: super::CACHE_LOG,
                     "route {}: {repo} is {}",
                     route.name,
                     if public { "public" } else { "private" }
                 );
-                public
+                book.remember(&route.name, repo, public);
+                Ok::<bool, Unreachable>(public)
             })
-            .await
+            .await;
+        match decided {
+            Ok(public) => *public,
+            // Undecided (the cell stays empty for the next reader): the last verdict stands
+            // in; never decided means private.
+            Err(Unreachable) => {
+                let last = book.last_verdict(&route.name, repo);
+                debug!(target: super::CACHE_LOG,
+                    "route {}: upstream unavailable, {repo} taken as {} (last verdict {last:?})",
+                    route.name,
+                    if last == Some(true) { "public" } else { "private" }
+                );
+                last.unwrap_or(false)
+            }
+        }
     }
 
     /// Whether the upstream answers `path` (a HEAD) with these credentials: any answer below
     /// 400 counts (a blob HEAD may redirect to storage). `accept` goes with a manifest's.
+    /// `None`: the upstream is unavailable (no answer, 5xx, 429), so nothing was decided.
     async fn upstream_allows(
         &self,
         route: &Route,
         path: &str,
         credential: Option<&HeaderValue>,
         accept: Option<&HeaderValue>,
-    ) -> bool {
+    ) -> Option<bool> {
+        if self.outages.is_down(&route.name) {
+            return None;
+        }
         let headers: Vec<_> = credential
             .map(|c| (header::AUTHORIZATION, c))
             .into_iter()
@@ -142,10 +170,17 @@ impl Shared {
             )
             .await
         {
-            Ok(resp) => resp.status.as_u16() < 400,
+            Ok(resp) if offline::unavailable(resp.status.as_u16()) => {
+                let why = format!("access check answered {}", resp.status);
+                self.outages.mark_down(&route.name, &why);
+                None
+            }
+            Ok(resp) => Some(resp.status.as_u16() < 400),
             Err(e) => {
                 warn!(target: super::CACHE_LOG, "route {}: access check failed: {e}", route.name);
-                false
+                self.outages
+                    .mark_down(&route.name, &format!("access check failed: {e}"));
+                None
             }
         }
     }
@@ -157,13 +192,16 @@ impl Shared {
         path: &str,
         repo: &str,
         accept: Option<&HeaderValue>,
-    ) -> bool {
+    ) -> Option<bool> {
+        if self.outages.is_down(&route.name) {
+            return None;
+        }
         let realm = match self.realms.get(&route.name) {
             Some(r) => r,
             None => {
                 // Learn it (or find the registry needs no token at all).
                 let headers: Vec<_> = accept.map(|a| (header::ACCEPT, a)).into_iter().collect();
-                let Ok(resp) = self
+                let resp = match self
                     .side
                     .head(
                         &self.resolver,
@@ -173,11 +211,21 @@ impl Shared {
                         &headers,
                     )
                     .await
-                else {
-                    return false;
+                {
+                    Ok(resp) if !offline::unavailable(resp.status.as_u16()) => resp,
+                    Ok(resp) => {
+                        let why = format!("access probe answered {}", resp.status);
+                        self.outages.mark_down(&route.name, &why);
+                        return None;
+                    }
+                    Err(e) => {
+                        let why = format!("access probe failed: {e}");
+                        self.outages.mark_down(&route.name, &why);
+                        return None;
+                    }
                 };
                 if resp.status.as_u16() < 400 {
-                    return true;
+                    return Some(true);
                 }
                 let challenge = resp
                     .headers
@@ -185,7 +233,7 @@ impl Shared {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| Challenge::parse(v).ok());
                 let Some(realm) = challenge.as_ref().and_then(UpstreamRealm::from_challenge) else {
-                    return false;
+                    return Some(false);
                 };
                 self.realms.learn(&route.name, realm.clone());
                 Arc::new(realm)
@@ -197,7 +245,7 @@ impl Shared {
         };
         let url = request.realm_url(&realm);
         let Ok(origin) = crate::upstream::Origin::of(&url) else {
-            return false;
+            return Some(false);
         };
         let path_and_query = &url[url::Position::BeforePath..url::Position::AfterQuery];
         let token = match self
@@ -213,15 +261,22 @@ impl Shared {
             .await
         {
             Ok((resp, body)) if resp.status == 200 => anonymous_token(&body),
+            Ok((resp, _)) if offline::unavailable(resp.status.as_u16()) => {
+                let why = format!("token realm answered {}", resp.status);
+                self.outages.mark_down(&route.name, &why);
+                return None;
+            }
             Ok(_) => None,
             Err(e) => {
                 warn!(target: super::CACHE_LOG, "route {}: anonymous token request failed: {e}", route.name);
-                None
+                self.outages
+                    .mark_down(&route.name, &format!("token realm failed: {e}"));
+                return None;
             }
         };
         let Some(bearer) = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
         else {
-            return false;
+            return Some(false);
         };
         self.upstream_allows(route, path, Some(&bearer), accept)
             .await

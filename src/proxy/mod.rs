@@ -5,10 +5,11 @@ mod access;
 mod admission;
 pub mod ctx;
 pub mod hops;
+pub mod offline;
 pub mod plan;
 pub mod realms;
 pub mod responses;
-mod tags;
+pub mod tags;
 pub mod token;
 mod upstream;
 
@@ -67,6 +68,10 @@ pub struct Shared {
     pub guard: crate::guard::Guard,
     pub repositories: crate::guard::RepoFilter,
     pub trusted_proxies: crate::guard::TrustedProxies,
+    /// Routes whose upstream failed recently.
+    pub outages: offline::Outages,
+    /// Stale tag checks in flight (one HEAD per tag however many wait).
+    pub tag_checks: tags::TagChecks,
 }
 
 /// The mirror's proxy logic.
@@ -170,6 +175,17 @@ impl ProxyHttp for Mirror {
             .guard
             .connections()
             .apply_send_limits(session.as_downstream_mut());
+        // The mirror's offline token stands for no credential (see `offline`).
+        if session
+            .req_header()
+            .headers
+            .get(header::AUTHORIZATION)
+            .is_some_and(offline::is_offline_token)
+        {
+            session
+                .req_header_mut()
+                .remove_header(&header::AUTHORIZATION);
+        }
         let client = self.client_info(session);
         ctx.client = Some(client);
         let sni = session
@@ -241,6 +257,16 @@ impl ProxyHttp for Mirror {
                 ctx.route = Some(route);
                 ctx.via = Some(via);
                 ctx.target = Some(target);
+                if self.shared.outages.is_down(ctx.route_name()) {
+                    if let Some(canned) = self.offline_answer(session, ctx) {
+                        debug!(
+                            "route {}: upstream down: answered by the mirror: {canned:?}",
+                            ctx.route_name()
+                        );
+                        responses::send(session, &canned).await?;
+                        return Ok(true);
+                    }
+                }
                 Ok(false)
             }
         }
@@ -396,6 +422,7 @@ impl ProxyHttp for Mirror {
             Ok(addr) => addr,
             Err(e) => {
                 let msg = format!("upstream {origin} unreachable: {e}");
+                self.shared.outages.mark_down(ctx.route_name(), &msg);
                 return Err(fail(ctx, RegistryError::bad_gateway(msg)));
             }
         };
@@ -477,6 +504,29 @@ impl ProxyHttp for Mirror {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        let why = e.etype().as_str();
+        if matches!(e.esource(), ErrorSource::Upstream) && ctx.route.is_some() {
+            self.shared.outages.mark_down(ctx.route_name(), why);
+        }
+        if ctx.route.is_some() && self.shared.outages.is_down(ctx.route_name()) {
+            if let Some(canned) = self.offline_answer(session, ctx) {
+                debug!(
+                    "route {}: upstream failed ({why}): answered by the mirror: {canned:?}",
+                    ctx.route_name()
+                );
+                let code = match responses::send(session, &canned).await {
+                    Ok(code) => code,
+                    Err(we) => {
+                        debug!("cannot send the offline answer: {we}");
+                        0
+                    }
+                };
+                return FailToProxy {
+                    error_code: code,
+                    can_reuse_downstream: false,
+                };
+            }
+        }
         let failure = ctx
             .failure
             .take()

@@ -36,6 +36,13 @@ pub enum Canned {
     Error(RegistryError),
     /// Over a per-client limit: 429 with `Retry-After`.
     TooMany(std::time::Duration),
+    /// `/v2/` while the upstream is unavailable: the mirror's challenge for its own realm.
+    Challenge {
+        realm: String,
+        service: Option<String>,
+    },
+    /// A token request while the upstream's realm is unavailable (see `offline`).
+    OfflineToken,
 }
 
 /// What the upstream is asked for.

@@ -5,7 +5,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
-use crate::registry::{ErrorCode, RegistryError};
+use crate::registry::{Challenge, ErrorCode, RegistryError};
 
 use super::plan::Canned;
 
@@ -41,6 +41,35 @@ pub async fn send(session: &mut Session, canned: &Canned) -> Result<u16> {
         Canned::Error(e) => {
             send_error(session, e).await?;
             Ok(e.status)
+        }
+        Canned::Challenge { realm, service } => {
+            let mut params = vec![("realm".to_owned(), realm.clone())];
+            if let Some(service) = service {
+                params.push(("service".to_owned(), service.clone()));
+            }
+            let challenge = Challenge {
+                scheme: "Bearer".to_owned(),
+                params,
+            }
+            .to_string();
+            let e = RegistryError::new(401, ErrorCode::Unauthorized, "authentication required");
+            write(
+                session,
+                401,
+                "application/json",
+                Bytes::from(e.body()),
+                &[("WWW-Authenticate", &challenge)],
+            )
+            .await?;
+            Ok(401)
+        }
+        Canned::OfflineToken => {
+            let body = format!(
+                r#"{{"token":"{t}","access_token":"{t}","expires_in":300}}"#,
+                t = super::offline::OFFLINE_TOKEN
+            );
+            write(session, 200, "application/json", Bytes::from(body), &[]).await?;
+            Ok(200)
         }
         Canned::TooMany(after) => {
             let e = RegistryError::new(

@@ -1,6 +1,33 @@
-//! Tag checks: a stale cached tag is checked with a HEAD before it is served again.
+//! Tag checks: a stale cached tag is checked with one HEAD before it is served again, however
+//! many requests for it arrive together (`TagChecks`), and served stale while the upstream
+//! cannot answer, for up to `cache.stale_for`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use pingora::cache::key::CacheHashKey;
 
 use super::*;
+use crate::routes::Route;
+
+/// What one tag check found; every request that waited on it acts on the same answer.
+#[derive(Debug, Clone)]
+enum TagCheck {
+    /// Same digest upstream: the entry was refreshed.
+    Unchanged,
+    /// Another digest (or none): fetch the tag again.
+    Changed,
+    /// The upstream could not answer: serve the cached tag if not too stale.
+    Unavailable(String),
+}
+
+/// Tag checks in flight, by cache key: the first request for a stale tag asks, the others
+/// wait for its answer. Bounded by the stale tags being requested at this moment; an entry
+/// leaves when its check ends.
+#[derive(Default)]
+pub struct TagChecks {
+    in_flight: Mutex<HashMap<[u8; 16], Arc<tokio::sync::OnceCell<TagCheck>>>>,
+}
 
 impl Mirror {
     /// Checks a stale tag with a HEAD carrying the client's credentials and `Accept` (no
@@ -13,9 +40,49 @@ impl Mirror {
         ctx: &mut RequestCtx,
     ) -> ForcedFreshness {
         let route = ctx.route.clone();
-        let (Some(route), Some(hop)) = (route, ctx.next_hop()) else {
+        let (Some(route), Some(hop)) = (route, ctx.next_hop().cloned()) else {
             return ForcedFreshness::ForceExpired;
         };
+        if self.shared.outages.is_down(&route.name) {
+            return self.serve_stale(meta, ctx, "the upstream is down");
+        }
+        let key = session.cache.cache_key().combined_bin();
+        let checks = &self.shared.tag_checks;
+        let cell = checks
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        let outcome = cell
+            .get_or_init(|| self.ask_tag(session, meta, &route, &hop.path_and_query))
+            .await
+            .clone();
+        {
+            let mut in_flight = checks.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            if in_flight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                in_flight.remove(&key);
+            }
+        }
+        match outcome {
+            TagCheck::Unchanged => {
+                ctx.cache_note = Some("revalidated");
+                ForcedFreshness::ForceFresh
+            }
+            TagCheck::Changed => ForcedFreshness::ForceExpired,
+            TagCheck::Unavailable(why) => self.serve_stale(meta, ctx, &why),
+        }
+    }
+
+    /// The one HEAD of a tag check, and the meta refresh when the digest is unchanged.
+    async fn ask_tag(
+        &self,
+        session: &Session,
+        meta: &CacheMeta,
+        route: &Route,
+        path_and_query: &str,
+    ) -> TagCheck {
         let req = session.req_header();
         let mut headers = Vec::new();
         for name in [header::AUTHORIZATION, header::ACCEPT] {
@@ -38,7 +105,7 @@ impl Mirror {
                 &s.resolver,
                 &s.upstream,
                 &route.upstream,
-                &hop.path_and_query,
+                path_and_query,
                 &headers,
             )
             .await;
@@ -48,24 +115,23 @@ impl Mirror {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let status = answer.as_ref().map(|r| r.status.as_u16());
         match answer {
             Ok(resp)
                 if resp.status == 200
                     && digest_of(&resp).is_some()
                     && digest_of(&resp) == digest_of(meta.response_header()) =>
             {
+                s.outages.mark_up(&route.name);
                 debug!(target: CACHE_LOG,
                     "route {}: tag unchanged upstream: revalidated by HEAD",
                     route.name
                 );
                 let now = std::time::SystemTime::now();
-                let fresh = now + s.cache.ttl.tag_ttl;
                 let refreshed = CacheMeta::new(
-                    fresh,
+                    now + s.cache.ttl.tag_ttl,
                     now,
                     0,
-                    policy::STALE_IF_ERROR.as_secs() as u32,
+                    s.cache.ttl.stale_for.as_secs() as u32,
                     meta.response_header().clone(),
                 );
                 if let Err(e) = s
@@ -80,32 +146,48 @@ impl Mirror {
                 {
                     warn!(target: CACHE_LOG, "route {}: cannot refresh cached tag: {e}", route.name);
                 }
-                ctx.cache_note = Some("revalidated");
-                ForcedFreshness::ForceFresh
+                TagCheck::Unchanged
             }
-            Ok(resp) if resp.status == 429 || resp.status.is_server_error() => {
-                warn!(target: CACHE_LOG,
-                    "route {}: tag check answered {}: serving the cached manifest",
-                    route.name, resp.status
-                );
-                ctx.cache_note = Some("stale");
-                ForcedFreshness::ForceFresh
+            Ok(resp) if offline::unavailable(resp.status.as_u16()) => {
+                let why = format!("tag check answered {}", resp.status);
+                s.outages.mark_down(&route.name, &why);
+                TagCheck::Unavailable(why)
             }
             Err(e) => {
-                warn!(target: CACHE_LOG,
-                    "route {}: tag check failed ({e}): serving the cached manifest",
-                    route.name
-                );
-                ctx.cache_note = Some("stale");
-                ForcedFreshness::ForceFresh
+                let why = format!("tag check failed: {e}");
+                s.outages.mark_down(&route.name, &why);
+                TagCheck::Unavailable(why)
             }
-            Ok(_) => {
+            Ok(resp) => {
+                s.outages.mark_up(&route.name);
                 debug!(target: CACHE_LOG,
-                    "route {}: tag check answered {status:?} with another digest: fetching",
-                    route.name
+                    "route {}: tag check answered {} with another digest: fetching",
+                    route.name, resp.status
                 );
-                ForcedFreshness::ForceExpired
+                TagCheck::Changed
             }
         }
+    }
+
+    /// Serves a stale tag while the upstream cannot be asked, for up to `cache.stale_for`
+    /// past its freshness; after that the client gets the upstream's failure.
+    fn serve_stale(&self, meta: &CacheMeta, ctx: &mut RequestCtx, why: &str) -> ForcedFreshness {
+        let stale_for = self.shared.cache.ttl.stale_for;
+        let past = std::time::SystemTime::now()
+            .duration_since(meta.fresh_until())
+            .unwrap_or_default();
+        if past > stale_for {
+            warn!(target: CACHE_LOG,
+                "route {}: {why}; the cached tag is {past:?} stale, past cache.stale_for ({stale_for:?}): not served",
+                ctx.route_name()
+            );
+            return ForcedFreshness::ForceExpired;
+        }
+        warn!(target: CACHE_LOG,
+            "route {}: {why}: serving the cached tag ({past:?} stale)",
+            ctx.route_name()
+        );
+        ctx.cache_note = Some("stale");
+        ForcedFreshness::ForceFresh
     }
 }

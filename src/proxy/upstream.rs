@@ -5,7 +5,7 @@ use super::*;
 
 impl Mirror {
     /// The realm clients are sent to: this mirror's `/v2/auth`, on the name they used.
-    fn mirror_realm(&self, session: &Session, ctx: &RequestCtx) -> String {
+    pub(super) fn mirror_realm(&self, session: &Session, ctx: &RequestCtx) -> String {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let forwarded_https = ctx.client.and_then(|c| c.forwarded_https);
         let scheme = self
@@ -66,6 +66,25 @@ impl Mirror {
         let Some(hop) = ctx.hop.as_ref() else {
             return Ok(());
         };
+        if matches!(
+            hop.kind,
+            HopKind::Registry | HopKind::Realm | HopKind::RealmDiscovery
+        ) {
+            let outages = &self.shared.outages;
+            if !offline::unavailable(status) {
+                outages.mark_up(ctx.route_name());
+            } else {
+                outages.mark_down(ctx.route_name(), &format!("answered {status}"));
+                // `/v2/` and tokens: the mirror answers them itself (`fail_to_proxy`).
+                if self.offline_answer(session, ctx).is_some() {
+                    return Err(Error::explain(
+                        HTTPStatus(status),
+                        format!("upstream answered {status}"),
+                    )
+                    .into_up());
+                }
+            }
+        }
         if status == 200 && matches!(hop.kind, HopKind::Registry | HopKind::Redirect) {
             // Content named by digest is stored under that digest, and checked against it.
             let digest = match ctx.registry_path() {

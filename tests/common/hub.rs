@@ -48,6 +48,8 @@ struct Inner {
     ports: HashMap<&'static str, u16>,
     /// The registry answers 503 to everything.
     down: bool,
+    /// The token realm answers 503 to everything.
+    auth_down: bool,
     /// Wrong bytes served for a digest (a poisoned upstream).
     poisoned: HashMap<String, Vec<u8>>,
     /// Blobs whose second half waits for the gate to open.
@@ -145,6 +147,11 @@ impl Hub {
     /// Makes the registry answer 503 (or recover).
     pub fn set_down(&self, down: bool) {
         self.lock().down = down;
+    }
+
+    /// Makes the token realm answer 503 (or recover).
+    pub fn set_auth_down(&self, down: bool) {
+        self.lock().auth_down = down;
     }
 
     /// Serves `wrong` where the blob `digest` should be.
@@ -364,6 +371,9 @@ fn repo_of(path: &str) -> Option<String> {
 
 async fn auth(State(hub): State<Hub>, req: Request) -> Response {
     hub.record(AUTH, &req);
+    if hub.lock().auth_down {
+        return registry_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", &[]);
+    }
     let query = req.uri().query().unwrap_or_default().to_owned();
     let basic = header(req.headers(), "authorization").and_then(|a| {
         let b64 = a.strip_prefix("Basic ")?.to_owned();

@@ -72,6 +72,12 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Stops the registry: its port then refuses connections.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// How many completed requests distribution logged with this method and a URI containing
     /// `part` (its access lines: `http.request.method=GET ... http.request.uri=...`).
     pub fn requests(&self, method: &str, part: &str) -> usize {
@@ -272,9 +278,18 @@ pub fn pulled(registry: &str, image: &str, all: bool, out: &Path) -> Vec<(String
 pub struct TokenServer {
     pub auth: TokenAuth,
     pub requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    server: tokio::task::JoinHandle<()>,
+    /// Cleared by `stop`: connections still open (pooled by a client) get 503.
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl TokenServer {
+    /// Stops serving: its port then refuses connections.
+    pub fn stop(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.server.abort();
+    }
+
     pub async fn start() -> TokenServer {
         use axum::extract::{Query, State};
         use axum::http::{HeaderMap, StatusCode};
@@ -300,11 +315,14 @@ impl TokenServer {
             encoding: jsonwebtoken::EncodingKey,
             x5c: String,
             requests: Arc<AtomicUsize>,
+            up: Arc<std::sync::atomic::AtomicBool>,
         }
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let state = St {
             encoding,
             x5c,
             requests: requests.clone(),
+            up: up.clone(),
         };
         async fn token(
             State(st): State<St>,
@@ -312,6 +330,9 @@ impl TokenServer {
             Query(params): Query<Vec<(String, String)>>,
         ) -> Result<axum::Json<serde_json::Value>, StatusCode> {
             st.requests.fetch_add(1, Ordering::SeqCst);
+            if !st.up.load(Ordering::SeqCst) {
+                return Err(StatusCode::SERVICE_UNAVAILABLE);
+            }
             if let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
                 let b64 = auth
                     .strip_prefix("Basic ")
@@ -353,8 +374,10 @@ impl TokenServer {
         let app = axum::Router::new()
             .route("/token", axum::routing::get(token))
             .with_state(state);
-        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+        let server = tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
         TokenServer {
+            server,
+            up,
             auth: TokenAuth {
                 realm: format!("http://{addr}/token"),
                 service: "test-registry".into(),

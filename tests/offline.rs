@@ -1,0 +1,170 @@
+//! Warm pulls survive an upstream outage: with the registry answering 503 (and then its token
+//! realm too), a client's whole pull flow (`/v2/`, token, tag, digest, blob) is served by the
+//! mirror; a stale tag is served with `X-Cache-Status: stale` for up to `cache.stale_for`, 50
+//! concurrent requests on it send one HEAD, and the outage costs one upstream attempt, not one
+//! per request. Against a real registry and token server: `e2e_skopeo.rs`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::hub::{self, Hub, AUTH, REGISTRY};
+use common::registry::noise;
+use common::Mirror;
+
+fn cache_status(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("x-cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+struct Warm {
+    hub: Hub,
+    mirror: Mirror,
+    c: reqwest::Client,
+    paths: [String; 3],
+}
+
+/// A mirror that has pulled `library/app:v1` (manifest by tag and digest, one blob) once.
+async fn warm(extra: &str) -> Warm {
+    let hub = Hub::start().await;
+    let blob = hub.add_blob(noise(256 << 10, 4));
+    let manifest = hub.add_manifest("library/app", "v1", &blob);
+    let mirror = Mirror::start(&format!(
+        "default_route: docker\n{extra}redirects: {{ follow: [\".docker.com\", \".cloudflarestorage.com\"], to_client: [] }}\n{}",
+        hub.mirror_config()
+    ));
+    let c = common::client(&[], mirror.addr());
+    let paths = [
+        "/v2/library/app/manifests/v1".to_owned(),
+        format!("/v2/library/app/manifests/{}", manifest.digest),
+        format!("/v2/library/app/blobs/{blob}"),
+    ];
+    assert_eq!(
+        c.get(mirror.url("/v2/")).send().await.unwrap().status(),
+        401
+    );
+    let tok = hub::pull_token(&c, &mirror, "library/app", None).await;
+    for p in &paths {
+        let r = c.get(mirror.url(p)).bearer_auth(&tok).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{p}");
+        r.bytes().await.unwrap();
+    }
+    hub.wait_for_probe("library/app").await;
+    Warm {
+        hub,
+        mirror,
+        c,
+        paths,
+    }
+}
+
+/// A client's pull as docker and skopeo do it: `/v2/`, a token from the realm the challenge
+/// names, then every path; returns each answer's cache status.
+async fn pull(w: &Warm) -> Vec<String> {
+    let r = w.c.get(w.mirror.url("/v2/")).send().await.unwrap();
+    assert_eq!(r.status(), 401, "/v2/ while the upstream is down");
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(challenge.contains(&w.mirror.url("/v2/auth")), "{challenge}");
+    let tok = hub::pull_token(&w.c, &w.mirror, "library/app", None).await;
+    let mut statuses = Vec::new();
+    for p in &w.paths {
+        let r =
+            w.c.get(w.mirror.url(p))
+                .bearer_auth(&tok)
+                .send()
+                .await
+                .unwrap();
+        assert_eq!(r.status(), 200, "{p}");
+        statuses.push(cache_status(&r));
+        r.bytes().await.unwrap();
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_pull_goes_on_while_the_registry_and_then_its_realm_are_down() {
+    let w = warm("").await;
+    w.hub.set_down(true);
+    let before = w.hub.count(REGISTRY);
+    for _ in 0..3 {
+        assert_eq!(pull(&w).await, ["hit", "hit", "hit"]);
+    }
+    // One attempt (the first /v2/) learned the outage; the rest were answered without asking.
+    assert_eq!(
+        w.hub.count(REGISTRY) - before,
+        1,
+        "{:?}",
+        w.hub.seen_by(REGISTRY)
+    );
+
+    // The token realm goes down too: the mirror hands out its own token, which grants
+    // nothing beyond what anyone may read: the public repository's cached content.
+    w.hub.set_auth_down(true);
+    let auth_before = w.hub.count(AUTH);
+    for _ in 0..2 {
+        assert_eq!(pull(&w).await, ["hit", "hit", "hit"]);
+    }
+    assert!(w.hub.count(AUTH) - auth_before <= 1);
+    assert!(w.mirror.log().contains("upstream unavailable"));
+
+    // Back up: the mirror asks again once the outage memory (10 s) has passed.
+    w.hub.set_down(false);
+    w.hub.set_auth_down(false);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_tag_is_served_while_down_checked_once_and_not_past_stale_for() {
+    let w = warm("cache: { tag_ttl: 1s, stale_for: 3s }\n").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    w.hub.set_down(true);
+    let tok = hub::pull_token(&w.c, &w.mirror, "library/app", None).await;
+    let heads_before = w.hub.count_method(REGISTRY, "HEAD", "/manifests/");
+    // 50 readers of the stale tag at once: one HEAD, every one served stale.
+    let readers: Vec<_> = (0..50)
+        .map(|_| {
+            let (c, url, tok) = (w.c.clone(), w.mirror.url(&w.paths[0]), tok.clone());
+            tokio::spawn(async move {
+                let r = c.get(url).bearer_auth(tok).send().await.unwrap();
+                (r.status().as_u16(), cache_status(&r))
+            })
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(r.await.unwrap(), (200, "stale".to_owned()));
+    }
+    assert_eq!(
+        w.hub.count_method(REGISTRY, "HEAD", "/manifests/") - heads_before,
+        1,
+        "50 readers of a stale tag sent more than one HEAD"
+    );
+    let r =
+        w.c.get(w.mirror.url(&w.paths[0]))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap();
+    assert!(r.headers()["warning"].to_str().unwrap().contains("Stale"));
+
+    // Past tag_ttl + stale_for the tag is no longer served; content by digest still is.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let r =
+        w.c.get(w.mirror.url(&w.paths[0]))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap();
+    assert!(r.status().is_server_error(), "{}", r.status());
+    let r =
+        w.c.get(w.mirror.url(&w.paths[1]))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), cache_status(&r).as_str()),
+        (200, "hit")
+    );
+}
