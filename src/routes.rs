@@ -35,6 +35,8 @@ pub struct Route {
     pub credentials: Option<Credentials>,
     /// Cached content of this route is served to anyone, without access checks.
     pub public: bool,
+    /// Repositories the route's credentials publish to every client (`credentials.share`).
+    pub share: crate::guard::repos::RepoGlobs,
 }
 
 fn display<S: serde::Serializer>(v: &Origin, s: S) -> Result<S::Ok, S::Error> {
@@ -307,6 +309,7 @@ mod tests {
             docker_hub,
             credentials: None,
             public: false,
+            share: Default::default(),
         }
     }
 

@@ -1,54 +1,84 @@
-//! Upstream credentials per route: used for token requests when the client brings none,
-//! never when it brings its own, never in logs or metrics; content fetched with them stays
-//! private unless the route is marked public.
+//! Upstream credentials per route: used when the client brings none, and then only for
+//! repositories anyone may read or that `credentials.share` publishes (never to open the
+//! operator's private repositories to anonymous clients); never when the client brings its
+//! own; never in logs or metrics. Shared content is served from cache to anyone.
 
 mod common;
 
 use common::hub::{self, Hub, PASSWORD, PRIVATE_REPO, USER};
 use common::{free_port, Mirror};
 
-fn config(hub: &Hub, password_file: &std::path::Path, public: bool, admin: u16) -> String {
+fn config(hub: &Hub, password_file: &std::path::Path, extra: &str, admin: u16) -> String {
     format!(
-        "default_route: docker\nadmin: {{ listen: \"127.0.0.1:{admin}\" }}\nroutes:\n  docker: {{ upstream: \"{}\", public: {public}, credentials: {{ username: {USER}, password_file: \"{}\" }} }}\n{}",
+        "default_route: docker\nadmin: {{ listen: \"127.0.0.1:{admin}\" }}\nroutes:\n  docker: {{ upstream: \"{}\", {extra} credentials: {{ username: {USER}, password_file: \"{}\" }} }}\n{}",
         hub.url(hub::REGISTRY),
         password_file.display(),
-        hub.resolve_line()
+        hub.resolve_line(),
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn configured_credentials_fetch_tokens_for_clients_without_any() {
-    let hub = Hub::start().await;
-    let blob = hub.add_blob(b"private cfg".to_vec());
-    let manifest = hub.add_manifest(PRIVATE_REPO, "v1", &blob);
-    let dir = tempfile::tempdir().unwrap();
+fn password_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
     let pw = dir.path().join("password");
     std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-    let admin = free_port();
-    let mirror = Mirror::start(&config(&hub, &pw, false, admin));
-    let c = common::client(&[], mirror.addr());
-    let scope = format!("repository:{PRIVATE_REPO}:pull");
+    pw
+}
 
-    // No credentials from the client: the mirror's own reach the realm.
+/// The realm's last request for `repo`: whether it carried the route's Basic credentials.
+fn realm_saw_basic(hub: &Hub, repo: &str) -> bool {
+    let asked = hub.seen_by(hub::AUTH);
+    let last = asked
+        .iter()
+        .rfind(|s| s.path_and_query.contains(&repo.replace('/', "%2F")))
+        .unwrap_or_else(|| panic!("no token request for {repo}: {asked:?}"));
+    last.authorization
+        .as_deref()
+        .is_some_and(|a| a.starts_with("Basic "))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn route_credentials_reach_only_what_anyone_may_read() {
+    let hub = Hub::start().await;
+    let blob = hub.add_blob(b"private cfg".to_vec());
+    hub.add_manifest(PRIVATE_REPO, "v1", &blob);
+    let public = hub.add_manifest("library/pub", "latest", &blob);
+    let dir = tempfile::tempdir().unwrap();
+    let admin = free_port();
+    let mirror = Mirror::start(&config(&hub, &password_file(&dir), "", admin));
+    let c = common::client(&[], mirror.addr());
+
+    // An anonymous client asking for the operator's private repository gets what the
+    // upstream gives anyone: a token without it. The route's credentials stayed out.
+    let scope = format!("repository:{PRIVATE_REPO}:pull");
     let r = hub::token_via(&c, &mirror.url("/v2/auth"), &scope, None).await;
     let tok: serde_json::Value = r.json().await.unwrap();
     let tok = tok["token"].as_str().unwrap().to_owned();
-    assert_eq!(hub::grants(&tok), format!("tok:{PRIVATE_REPO}"));
-    let asked = hub.seen_by(hub::AUTH);
-    assert!(asked
-        .last()
-        .unwrap()
-        .authorization
-        .as_deref()
-        .is_some_and(|a| a.starts_with("Basic ")));
+    assert_eq!(hub::grants(&tok), "tok:");
+    assert!(!realm_saw_basic(&hub, PRIVATE_REPO));
+    let url = mirror.url(&format!("/v2/{PRIVATE_REPO}/manifests/v1"));
+    let r = c.get(&url).bearer_auth(&tok).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    // A public repository: the route's credentials lift the anonymous rate limits.
+    let r = hub::token_via(
+        &c,
+        &mirror.url("/v2/auth"),
+        "repository:library/pub:pull",
+        None,
+    )
+    .await;
+    let tok: serde_json::Value = r.json().await.unwrap();
+    let tok = tok["token"].as_str().unwrap().to_owned();
+    assert!(realm_saw_basic(&hub, "library/pub"));
     let r = c
-        .get(mirror.url(&format!("/v2/{PRIVATE_REPO}/manifests/v1")))
+        .get(mirror.url("/v2/library/pub/manifests/latest"))
         .bearer_auth(&tok)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap(), manifest.body);
+    assert_eq!(r.bytes().await.unwrap(), public.body);
 
     // A client's own credentials win, even wrong ones.
     let r = hub::token_via(
@@ -58,14 +88,6 @@ async fn configured_credentials_fetch_tokens_for_clients_without_any() {
         Some(("mallory", "guess")),
     )
     .await;
-    assert_eq!(r.status(), 401);
-
-    // Fetched with credentials, not public: an anonymous client is refused from cache.
-    let r = c
-        .get(mirror.url(&format!("/v2/{PRIVATE_REPO}/manifests/v1")))
-        .send()
-        .await
-        .unwrap();
     assert_eq!(r.status(), 401);
 
     let metrics = common::get_text(&c, format!("http://127.0.0.1:{admin}/metrics")).await;
@@ -84,14 +106,51 @@ async fn configured_credentials_fetch_tokens_for_clients_without_any() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn share_publishes_the_repositories_it_names() {
+    let hub = Hub::start().await;
+    let blob = hub.add_blob(b"private cfg".to_vec());
+    let manifest = hub.add_manifest(PRIVATE_REPO, "v1", &blob);
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::start(
+        &config(&hub, &password_file(&dir), "", free_port())
+            .replace("password_file:", "share: [\"acme/*\"], password_file:"),
+    );
+    let c = common::client(&[], mirror.addr());
+    let scope = format!("repository:{PRIVATE_REPO}:pull");
+    let r = hub::token_via(&c, &mirror.url("/v2/auth"), &scope, None).await;
+    let tok: serde_json::Value = r.json().await.unwrap();
+    let tok = tok["token"].as_str().unwrap().to_owned();
+    assert_eq!(hub::grants(&tok), format!("tok:{PRIVATE_REPO}"));
+    assert!(realm_saw_basic(&hub, PRIVATE_REPO));
+    let url = mirror.url(&format!("/v2/{PRIVATE_REPO}/manifests/v1"));
+    let r = c.get(&url).bearer_auth(&tok).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), manifest.body);
+    // Published on purpose: served from the cache to a client with no credentials at all.
+    let asked = hub.seen().len();
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["x-cache-status"].to_str().unwrap()
+        ),
+        (200, "hit")
+    );
+    assert_eq!(hub.seen().len(), asked);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn public_route_serves_cached_content_to_anyone() {
     let hub = Hub::start().await;
     let blob = hub.add_blob(b"cfg".to_vec());
     let manifest = hub.add_manifest(PRIVATE_REPO, "v1", &blob);
     let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("password");
-    std::fs::write(&pw, PASSWORD).unwrap();
-    let mirror = Mirror::start(&config(&hub, &pw, true, free_port()));
+    let mirror = Mirror::start(&config(
+        &hub,
+        &password_file(&dir),
+        "public: true,",
+        free_port(),
+    ));
     let c = common::client(&[], mirror.addr());
     let r = hub::token_via(
         &c,

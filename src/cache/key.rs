@@ -83,6 +83,7 @@ mod tests {
             docker_hub: true,
             credentials: None,
             public: false,
+            share: Default::default(),
         }
     }
 

@@ -78,6 +78,9 @@ pub struct CredentialsFile {
     pub token: Option<String>,
     pub token_env: Option<String>,
     pub token_file: Option<String>,
+    /// Repositories (globs) these credentials publish to every client of the mirror.
+    #[serde(default)]
+    pub share: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

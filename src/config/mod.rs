@@ -523,6 +523,7 @@ fn build_routes(file: &FileConfig, domain: Option<&str>) -> Result<RouteTable, C
             docker_hub: s.registry == "docker.io",
             credentials: None,
             public: false,
+            share: Default::default(),
         })
         .collect();
     for (name, spec) in &file.routes {
@@ -558,9 +559,15 @@ fn build_routes(file: &FileConfig, domain: Option<&str>) -> Result<RouteTable, C
             Some(c) => Some(credentials(&format!("{path}.credentials"), c)?),
             None => existing.and_then(|i| routes[i].credentials.clone()),
         };
+        let share = match &spec.credentials {
+            Some(c) => crate::guard::repos::RepoGlobs::new(&c.share)
+                .map_err(|e| invalid(format!("{path}.credentials.share"), e))?,
+            None => Default::default(),
+        };
         let route = Route {
             name: name.clone(),
             credentials,
+            share,
             public: spec.public.unwrap_or(false),
             docker_hub: spec.docker_hub.unwrap_or(registry == "docker.io"),
             registry,

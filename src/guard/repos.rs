@@ -12,6 +12,41 @@ pub struct PatternError {
     source: globset::Error,
 }
 
+/// Glob patterns over one route's repository names (`myorg/*`), as `credentials.share`
+/// lists them: the repositories the route's own credentials publish to every client.
+#[derive(Debug, Clone, Default)]
+pub struct RepoGlobs {
+    patterns: Vec<String>,
+    set: Option<GlobSet>,
+}
+
+impl RepoGlobs {
+    pub fn new(patterns: &[String]) -> Result<RepoGlobs, PatternError> {
+        Ok(RepoGlobs {
+            patterns: patterns.to_vec(),
+            set: build(patterns)?,
+        })
+    }
+
+    pub fn matches(&self, repository: &str) -> bool {
+        self.set.as_ref().is_some_and(|s| s.is_match(repository))
+    }
+}
+
+impl PartialEq for RepoGlobs {
+    fn eq(&self, other: &Self) -> bool {
+        self.patterns == other.patterns
+    }
+}
+
+impl Eq for RepoGlobs {}
+
+impl serde::Serialize for RepoGlobs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.patterns.serialize(s)
+    }
+}
+
 /// The lists from `repositories:`.
 #[derive(Debug, Clone, Default)]
 pub struct RepoFilter {

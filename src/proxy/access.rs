@@ -10,9 +10,11 @@ use pingora::proxy::Session;
 
 use super::{offline, Mirror, RequestCtx, Shared};
 use crate::cache::key::MANIFEST_ACCEPT;
+use crate::proxy::plan::Target;
 use crate::proxy::token::{TokenRequest, UpstreamRealm};
 use crate::registry::{Challenge, V2Path};
 use crate::routes::Route;
+use crate::upstream::Credentials;
 
 /// The upstream could not be asked: nothing decided.
 struct Unreachable;
@@ -31,15 +33,18 @@ impl Mirror {
             return false;
         };
         let path = target.registry_path_and_query();
-        let accept = accept_for(ctx.registry_path());
+        let probe = probe_for(ctx.registry_path());
         let s = &self.shared;
         let book = &s.cache.access;
         let repo = repo.as_str();
+        if route.share.matches(repo) {
+            return true;
+        }
         let credential = session.req_header().headers.get(header::AUTHORIZATION);
         if credential.is_some_and(|c| book.granted(&route.name, repo, c.as_bytes())) {
             return true;
         }
-        if s.repository_is_public(route, &path, repo, accept).await {
+        if s.repository_is_public(route, &path, repo, probe).await {
             return true;
         }
         let Some(credential) = credential else {
@@ -51,7 +56,7 @@ impl Mirror {
         };
         // Unreachable: private content is served offline only on a grant still in memory.
         let allowed = s
-            .upstream_allows(route, &path, Some(credential), accept)
+            .upstream_allows(route, &path, Some(credential), probe)
             .await
             .unwrap_or(false);
         if allowed {
@@ -63,6 +68,54 @@ impl Mirror {
             if allowed { "accepted" } else { "refused" }
         );
         allowed
+    }
+
+    /// Whether the route's own credentials may go with a request for these repositories:
+    /// each is published by `credentials.share`, or anyone may read it (the anonymous probe,
+    /// remembered). The credentials lift rate limits; they must not open private repositories
+    /// of the operator's account to the mirror's clients. No repository: no credentials.
+    pub(super) async fn route_credentials_allowed(&self, route: &Route, repos: &[String]) -> bool {
+        if repos.is_empty() {
+            return false;
+        }
+        for repo in repos {
+            // `public: true` publishes everything the route caches, so it shares everything.
+            if route.public || route.share.matches(repo) {
+                continue;
+            }
+            let path = format!("/v2/{repo}/manifests/latest");
+            if !self
+                .shared
+                .repository_is_public(route, &path, repo, Probe::repository())
+                .await
+            {
+                debug!(target: super::CACHE_LOG,
+                    "route {}: {repo} is not public and not shared: the route's credentials stay out",
+                    route.name
+                );
+                return false;
+            }
+        }
+        true
+    }
+
+    /// For a request without the client's own credentials on a route with its own: whether
+    /// they go upstream (`ctx.route_credentials`), decided only where they would be used
+    /// (Basic on a token request, a static token on a registry request).
+    pub(super) async fn decide_route_credentials(&self, ctx: &mut RequestCtx) {
+        let Some(route) = ctx.route.clone() else {
+            return;
+        };
+        let repos = match (&route.credentials, ctx.target.as_ref()) {
+            (Some(Credentials::Basic(_)), Some(Target::Token { request, .. })) => {
+                request.repositories().unwrap_or_default()
+            }
+            (Some(Credentials::Bearer(_)), Some(Target::Registry { path, .. })) => {
+                path.name().map(|n| vec![n.to_string()]).unwrap_or_default()
+            }
+            _ => return,
+        };
+        ctx.route_credentials = self.route_credentials_allowed(&route, &repos).await;
     }
 
     /// Decides in the background whether a repository just filled with credentials is public,
@@ -89,10 +142,10 @@ impl Mirror {
             repo.to_string(),
             target.registry_path_and_query(),
         );
-        let accept = accept_for(ctx.registry_path());
+        let probe = probe_for(ctx.registry_path());
         tokio::spawn(async move {
             shared
-                .repository_is_public(&route, &path, &repo, accept)
+                .repository_is_public(&route, &path, &repo, probe)
                 .await;
         });
     }
@@ -106,14 +159,14 @@ impl Shared {
         route: &Route,
         path: &str,
         repo: &str,
-        accept: Option<&HeaderValue>,
+        probe: Probe,
     ) -> bool {
         let book = &self.cache.access;
         let verdict = book.verdict(&route.name, repo);
         let decided = verdict
             .get_or_try_init(|| async {
                 let public = self
-                    .probe_anonymously(route, path, repo, accept)
+                    .probe_anonymously(route, path, repo, probe)
                     .await
                     .ok_or(Unreachable)?;
                 debug!(target: super::CACHE_LOG,
@@ -149,7 +202,7 @@ impl Shared {
         route: &Route,
         path: &str,
         credential: Option<&HeaderValue>,
-        accept: Option<&HeaderValue>,
+        probe: Probe,
     ) -> Option<bool> {
         if self.outages.is_down(&route.name) {
             return None;
@@ -157,7 +210,7 @@ impl Shared {
         let headers: Vec<_> = credential
             .map(|c| (header::AUTHORIZATION, c))
             .into_iter()
-            .chain(accept.map(|a| (header::ACCEPT, a)))
+            .chain(probe.accept.map(|a| (header::ACCEPT, a)))
             .collect();
         match self
             .side
@@ -175,7 +228,7 @@ impl Shared {
                 self.outages.mark_down(&route.name, &why);
                 None
             }
-            Ok(resp) => Some(resp.status.as_u16() < 400),
+            Ok(resp) => Some(probe.readable(resp.status.as_u16())),
             Err(e) => {
                 warn!(target: super::CACHE_LOG, "route {}: access check failed: {e}", route.name);
                 self.outages
@@ -191,7 +244,7 @@ impl Shared {
         route: &Route,
         path: &str,
         repo: &str,
-        accept: Option<&HeaderValue>,
+        probe: Probe,
     ) -> Option<bool> {
         if self.outages.is_down(&route.name) {
             return None;
@@ -200,7 +253,11 @@ impl Shared {
             Some(r) => r,
             None => {
                 // Learn it (or find the registry needs no token at all).
-                let headers: Vec<_> = accept.map(|a| (header::ACCEPT, a)).into_iter().collect();
+                let headers: Vec<_> = probe
+                    .accept
+                    .map(|a| (header::ACCEPT, a))
+                    .into_iter()
+                    .collect();
                 let resp = match self
                     .side
                     .head(
@@ -224,7 +281,7 @@ impl Shared {
                         return None;
                     }
                 };
-                if resp.status.as_u16() < 400 {
+                if probe.readable(resp.status.as_u16()) {
                     return Some(true);
                 }
                 let challenge = resp
@@ -278,15 +335,43 @@ impl Shared {
         else {
             return Some(false);
         };
-        self.upstream_allows(route, path, Some(&bearer), accept)
+        self.upstream_allows(route, path, Some(&bearer), probe)
             .await
     }
 }
 
-/// The `Accept` an access check sends: every manifest type for a manifest (an OCI one asked
-/// for without it is a 404 at distribution), none for a blob.
-fn accept_for(path: Option<&V2Path>) -> Option<&'static HeaderValue> {
-    matches!(path, Some(V2Path::Manifest { .. })).then(|| &*MANIFEST_ACCEPT)
+/// How an access check's HEAD is asked and read.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Probe {
+    /// Every manifest type for a manifest (an OCI one asked for without it is a 404 at
+    /// distribution), none for a blob.
+    accept: Option<&'static HeaderValue>,
+    /// A 404 still shows the repository readable: a repository-level probe asks for a tag
+    /// that may not exist (a refused token gets 401, not 404).
+    missing_ok: bool,
+}
+
+impl Probe {
+    /// A repository-level probe: may anyone read `repo` at all?
+    pub(super) fn repository() -> Probe {
+        Probe {
+            accept: Some(&MANIFEST_ACCEPT),
+            missing_ok: true,
+        }
+    }
+
+    /// Any answer below 400 counts (a blob HEAD may redirect to storage).
+    fn readable(self, status: u16) -> bool {
+        status < 400 || (self.missing_ok && status == 404)
+    }
+}
+
+/// The probe of the cached content at `path` itself.
+fn probe_for(path: Option<&V2Path>) -> Probe {
+    Probe {
+        accept: matches!(path, Some(V2Path::Manifest { .. })).then(|| &*MANIFEST_ACCEPT),
+        missing_ok: false,
+    }
 }
 
 /// The token of a realm's JSON answer (`token`, or OAuth2's `access_token`).

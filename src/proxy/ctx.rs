@@ -31,6 +31,8 @@ pub struct RequestCtx {
     pub client: Option<crate::guard::ClientInfo>,
     /// A blob download slot held until the request ends (per-client concurrency limit).
     pub download_slot: Option<crate::guard::DownloadSlot>,
+    /// The route's own credentials go with this request (see `route_credentials_allowed`).
+    pub route_credentials: bool,
 }
 
 impl RequestCtx {
@@ -49,6 +51,7 @@ impl RequestCtx {
             upstream_answered: None,
             client: None,
             download_slot: None,
+            route_credentials: false,
         }
     }
 

@@ -257,6 +257,13 @@ impl ProxyHttp for Mirror {
                 ctx.route = Some(route);
                 ctx.via = Some(via);
                 ctx.target = Some(target);
+                if !session
+                    .req_header()
+                    .headers
+                    .contains_key(header::AUTHORIZATION)
+                {
+                    self.decide_route_credentials(ctx).await;
+                }
                 if self.shared.outages.is_down(ctx.route_name()) {
                     if let Some(canned) = self.offline_answer(session, ctx) {
                         debug!(
@@ -342,11 +349,17 @@ impl ProxyHttp for Mirror {
         let stale_if_error = ttl.stale_if_error(path).as_secs() as u32;
         let mut stored = resp.clone();
         let route_public = ctx.route.as_ref().is_some_and(|r| r.public);
-        let with_credentials = session
-            .req_header()
-            .headers
-            .contains_key(header::AUTHORIZATION);
-        if with_credentials && !route_public {
+        let with_credentials = ctx.route_credentials
+            || session
+                .req_header()
+                .headers
+                .contains_key(header::AUTHORIZATION);
+        let shared_repo = ctx
+            .route
+            .as_ref()
+            .zip(path.name())
+            .is_some_and(|(r, repo)| r.share.matches(repo.as_str()));
+        if with_credentials && !route_public && !shared_repo {
             stored.insert_header(PRIVATE_MARK, "1")?;
             self.probe_in_background(ctx);
         }
@@ -451,9 +464,11 @@ impl ProxyHttp for Mirror {
         upstream_request.insert_header(header::HOST, hop.origin.authority())?;
         if !hop.send_authorization {
             upstream_request.remove_header(&header::AUTHORIZATION);
-        } else if !upstream_request.headers.contains_key(header::AUTHORIZATION) {
-            // The client brought none: the route's own credentials, where they belong
-            // (Basic to the token realm, a static token to the registry).
+        } else if ctx.route_credentials
+            && !upstream_request.headers.contains_key(header::AUTHORIZATION)
+        {
+            // The client brought none and the repositories allow it: the route's own
+            // credentials, where they belong (Basic to the realm, a token to the registry).
             let configured = ctx.route.as_ref().and_then(|r| r.credentials.as_ref());
             match (hop.kind, configured) {
                 (HopKind::Realm, Some(Credentials::Basic(v)))

@@ -41,6 +41,23 @@ impl UpstreamRealm {
 }
 
 impl TokenRequest {
+    /// The repositories the scopes name; `None` when a scope is not a repository's
+    /// (`registry:catalog:*`) or cannot be read.
+    pub fn repositories(&self) -> Option<Vec<String>> {
+        let mut repos = Vec::new();
+        for scope in self.scopes.iter().flat_map(|s| s.split(' ')) {
+            if scope.is_empty() {
+                continue;
+            }
+            let scope = Scope::parse(scope)?;
+            if !scope.is_repository() {
+                return None;
+            }
+            repos.push(scope.name);
+        }
+        Some(repos)
+    }
+
     pub fn parse(query: Option<&str>) -> TokenRequest {
         let mut req = TokenRequest::default();
         for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
