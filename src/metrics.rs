@@ -31,6 +31,8 @@ pub struct Metrics {
     /// Responses cut because the client read too slowly (`limits.send_timeout`,
     /// `limits.min_send_rate`).
     pub send_timeouts: IntCounter,
+    /// Connections refused to internal addresses an upstream named (redirects, realms).
+    pub egress_refused: IntCounter,
 }
 
 /// The metrics, registered once on first use.
@@ -95,6 +97,11 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| Metrics {
         "pullthrough_request_heads_refused_total",
         "Request heads refused before parsing: too_large (431) or timeout (408)",
         &["reason"]
+    )
+    .expect("metric registers once"),
+    egress_refused: register_int_counter!(
+        "pullthrough_egress_refused_total",
+        "Connections refused to internal addresses named by an upstream (redirects, realms)"
     )
     .expect("metric registers once"),
     send_timeouts: register_int_counter!(

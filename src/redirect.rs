@@ -141,6 +141,12 @@ impl Default for RedirectPolicy {
 }
 
 impl RedirectPolicy {
+    /// Whether `redirects.follow` names this host exactly (not by a `.domain` pattern): the
+    /// operator's leave to follow it even to an internal address (see `upstream::egress`).
+    pub fn names_exactly(&self, host: &str) -> bool {
+        self.follow.iter().any(|p| !p.subdomains && p.matches(host))
+    }
+
     /// Classifies the host of a redirect's target. When both lists match, the more specific
     /// pattern wins; on a tie the redirect goes to the client (never fetch what we were not
     /// told to).

@@ -304,6 +304,16 @@ impl Shared {
         let Ok(origin) = crate::upstream::Origin::of(&url) else {
             return Some(false);
         };
+        // The realm is the upstream's word: no internal address unless the operator named it.
+        match self.resolver.resolve(&origin.host, origin.port).await {
+            Ok(addr) if self.may_connect(Some(route), &origin.host, addr.ip()) => {}
+            Ok(_) => return Some(false),
+            Err(e) => {
+                self.outages
+                    .mark_down(&route.name, &format!("token realm unresolved: {e}"));
+                return None;
+            }
+        }
         let path_and_query = &url[url::Position::BeforePath..url::Position::AfterQuery];
         let token = match self
             .side

@@ -74,6 +74,31 @@ pub struct Shared {
     pub tag_checks: tags::TagChecks,
 }
 
+impl Shared {
+    /// Whether the mirror may connect to `ip` for `host`, a target an upstream named (a
+    /// redirect, a realm): a public address, or one the operator named (the route's own
+    /// upstream, a `resolve:` pin, an exact `redirects.follow` entry). See `upstream::egress`.
+    pub fn may_connect(
+        &self,
+        route: Option<&crate::routes::Route>,
+        host: &str,
+        ip: IpAddr,
+    ) -> bool {
+        let allowed = !crate::upstream::egress::is_internal(ip)
+            || route.is_some_and(|r| r.upstream.host.eq_ignore_ascii_case(host))
+            || self.resolver.is_pinned(host)
+            || self.redirects.names_exactly(host);
+        if !allowed {
+            METRICS.egress_refused.inc();
+            warn!(
+                "route {}: refused to connect to {host} ({ip}), an internal address an upstream named; list it in redirects.follow to allow it",
+                route.map_or("-", |r| r.name.as_str())
+            );
+        }
+        allowed
+    }
+}
+
 /// The mirror's proxy logic.
 pub struct Mirror {
     shared: Arc<Shared>,
@@ -422,6 +447,7 @@ impl ProxyHttp for Mirror {
         if ctx.upstream_started.is_none() {
             ctx.upstream_started = Some(std::time::Instant::now());
         }
+        let route = ctx.route.clone();
         let Some(hop) = ctx.next_hop() else {
             return Err(Error::explain(InternalError, "no upstream hop planned"));
         };
@@ -439,6 +465,14 @@ impl ProxyHttp for Mirror {
                 return Err(fail(ctx, RegistryError::bad_gateway(msg)));
             }
         };
+        if matches!(hop.kind, HopKind::Redirect | HopKind::Realm)
+            && !self
+                .shared
+                .may_connect(route.as_deref(), &origin.host, addr.ip())
+        {
+            let msg = format!("refused to connect to {origin}: an internal address");
+            return Err(fail(ctx, RegistryError::bad_gateway(msg)));
+        }
         let mut peer = HttpPeer::new(addr, origin.tls, origin.sni().to_owned());
         let u = &self.shared.upstream;
         peer.options.connection_timeout = Some(u.connect_timeout);
@@ -529,6 +563,9 @@ impl ProxyHttp for Mirror {
                     "route {}: upstream failed ({why}): answered by the mirror: {canned:?}",
                     ctx.route_name()
                 );
+                // Pingora closes the connection after a failed proxy attempt: say so, so the
+                // client sends its next request (the token, the content) on a new one.
+                session.set_keepalive(None);
                 let code = match responses::send(session, &canned).await {
                     Ok(code) => code,
                     Err(we) => {
@@ -569,6 +606,9 @@ impl ProxyHttp for Mirror {
             });
         let code = match failure {
             Some(f) => {
+                // The connection is not reused after a failure: say so, or a keep-alive
+                // client sends its next request into a connection being closed.
+                session.set_keepalive(None);
                 if let Err(we) = responses::send_error(session, &f).await {
                     debug!("cannot send error response: {we}");
                 }

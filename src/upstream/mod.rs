@@ -1,6 +1,7 @@
 //! Where requests go: upstream origins and how their names become socket addresses.
 
 mod credentials;
+pub mod egress;
 mod origin;
 mod resolver;
 mod side;

@@ -40,6 +40,9 @@ pub enum ResolveError {
     Empty(String),
 }
 
+/// Longest wait for the system resolver.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Resolves upstream names with pins, IP literals and a TTL cache.
 #[derive(Debug)]
 pub struct Resolver {
@@ -61,6 +64,11 @@ impl Resolver {
         }
     }
 
+    /// Whether the operator pinned `host` in `resolve:` (its address is the operator's word).
+    pub fn is_pinned(&self, host: &str) -> bool {
+        self.pinned.contains_key(host)
+    }
+
     /// The address to connect to for `host:port`.
     pub async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, ResolveError> {
         if let Some(pin) = self.pinned.get(host) {
@@ -75,9 +83,17 @@ impl Resolver {
         if let Some(ip) = self.cached(host) {
             return Ok(SocketAddr::new(ip, port));
         }
-        // tokio runs getaddrinfo on its blocking pool: the worker thread keeps serving.
-        let addr = tokio::net::lookup_host((host, port))
+        // tokio runs getaddrinfo on its blocking pool: the worker thread keeps serving. A
+        // resolver that does not answer costs at most LOOKUP_TIMEOUT.
+        let lookup = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port)))
             .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {LOOKUP_TIMEOUT:?}"),
+                ))
+            });
+        let addr = lookup
             .map_err(|source| ResolveError::Lookup {
                 host: host.to_owned(),
                 source,

@@ -50,6 +50,10 @@ struct Inner {
     down: bool,
     /// The token realm answers 503 to everything.
     auth_down: bool,
+    /// Blobs redirected somewhere else than the CDN (a hostile or misconfigured upstream).
+    redirects: HashMap<String, String>,
+    /// A realm announced instead of the auth host's.
+    realm: Option<String>,
     /// Wrong bytes served for a digest (a poisoned upstream).
     poisoned: HashMap<String, Vec<u8>>,
     /// Blobs whose second half waits for the gate to open.
@@ -147,6 +151,18 @@ impl Hub {
     /// Makes the registry answer 503 (or recover).
     pub fn set_down(&self, down: bool) {
         self.lock().down = down;
+    }
+
+    /// Redirects the blob `digest` to `location` instead of the CDN.
+    pub fn redirect_blob(&self, digest: &str, location: &str) {
+        self.lock()
+            .redirects
+            .insert(digest.to_owned(), location.to_owned());
+    }
+
+    /// Announces `realm` in challenges instead of the auth host's.
+    pub fn set_realm(&self, realm: &str) {
+        self.lock().realm = Some(realm.to_owned());
     }
 
     /// Makes the token realm answer 503 (or recover).
@@ -268,7 +284,8 @@ async fn registry(State(hub): State<Hub>, req: Request) -> Response {
         return registry_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", &[]);
     }
     let path = req.uri().path().to_owned();
-    let realm = format!("{}/token", hub.url(AUTH));
+    let announced = hub.lock().realm.clone();
+    let realm = announced.unwrap_or_else(|| format!("{}/token", hub.url(AUTH)));
     let challenge = |scope: Option<&str>| {
         let mut c = format!(r#"Bearer realm="{realm}",service="registry.docker.io""#);
         if let Some(s) = scope {
@@ -340,6 +357,14 @@ async fn registry(State(hub): State<Hub>, req: Request) -> Response {
         .to_owned();
     if !hub.lock().blobs.contains_key(&reference) {
         return registry_error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", &[]);
+    }
+    let redirected = hub.lock().redirects.get(&reference).cloned();
+    if let Some(location) = redirected {
+        return respond(
+            StatusCode::TEMPORARY_REDIRECT,
+            &[("location", location)],
+            "",
+        );
     }
     if req.uri().query() == Some("relative=1") {
         return respond(
