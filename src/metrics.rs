@@ -33,6 +33,7 @@ pub struct Metrics {
     pub send_timeouts: IntCounter,
     /// Connections refused to internal addresses an upstream named (redirects, realms).
     pub egress_refused: IntCounter,
+    pub cache_write_failures: IntCounter,
 }
 
 /// The metrics, registered once on first use.
@@ -99,6 +100,11 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| Metrics {
         &["reason"]
     )
     .expect("metric registers once"),
+    cache_write_failures: register_int_counter!(
+        "pullthrough_cache_write_failures_total",
+        "Fills given up because the disk refused a write (the download went on uncached)"
+    )
+    .expect("metric registers once"),
     egress_refused: register_int_counter!(
         "pullthrough_egress_refused_total",
         "Connections refused to internal addresses named by an upstream (redirects, realms)"
@@ -137,6 +143,10 @@ impl Metrics {
         catch_up(
             &self.digest_mismatches,
             stats.digest_mismatches.load(Relaxed),
+        );
+        catch_up(
+            &self.cache_write_failures,
+            stats.write_failures.load(Relaxed),
         );
     }
 }

@@ -272,9 +272,14 @@ async fn poisoned_upstream_leaves_nothing() {
     let tok = hub::pull_token(&c, &mirror, "library/p", None).await;
     let url = mirror.url(&format!("/v2/library/p/blobs/{blob}"));
     let r = get(&c, url.clone(), &tok).await;
-    // The body started, so the connection is cut: the client never gets a complete body.
+    // An error before the body, or a body cut before its last byte: the client never
+    // completes a 200, even one of the right length.
+    let ok = r.status() == 200;
     let outcome = r.bytes().await;
-    assert!(outcome.is_err() || common::sha256(&outcome.unwrap()) != blob);
+    assert!(
+        !ok || outcome.is_err(),
+        "the client completed a 200 of wrong bytes"
+    );
     let cache = mirror.dir.path().join("cache");
     assert!(committed(&cache).is_empty(), "{:?}", committed(&cache));
     // Not cached: the next request goes upstream again.
@@ -285,6 +290,50 @@ async fn poisoned_upstream_leaves_nothing() {
         "{}",
         mirror.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readers_caught_up_with_a_poisoned_fill_never_complete() {
+    let hub = Hub::start().await;
+    let blob = hub.add_blob(noise(2 * MIB, 13));
+    hub.poison(&blob, noise(2 * MIB, 14));
+    let gate = hub.gate(&blob);
+    let mirror = Mirror::start(&config(&hub, ""));
+    let c = common::client(&[], mirror.addr());
+    let tok = hub::pull_token(&c, &mirror, "library/p", None).await;
+    let url = mirror.url(&format!("/v2/library/p/blobs/{blob}"));
+    // One filling client and three that join and catch up with the first half.
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, url, tok) = (c.clone(), url.clone(), tok.clone());
+            tokio::spawn(async move {
+                let r = get(&c, url, &tok).await;
+                let ok = r.status() == 200;
+                // A completed 200 is the failure; an error status or a cut body is not.
+                r.bytes()
+                    .await
+                    .map(|b| b.len())
+                    .map_err(|_| ())
+                    .and_then(|n| if ok { Ok(n) } else { Err(()) })
+            })
+        })
+        .collect();
+    for _ in 0..250 {
+        if hub.count(STORAGE) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    gate.add_permits(10);
+    for r in readers {
+        let outcome = r.await.unwrap();
+        assert!(
+            outcome.is_err(),
+            "a reader completed {outcome:?} wrong bytes"
+        );
+    }
+    assert_eq!(hub.count(STORAGE), 1, "the readers did not share the fill");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -34,6 +34,8 @@ pub struct Cache {
     pub eviction: &'static Manager<EVICTION_SHARDS>,
     pub lock: &'static CacheKeyLockImpl,
     pub ttl: TtlPolicy,
+    /// Larger objects are served uncached (`cache.max_object_size`).
+    pub max_object_size: usize,
     /// Who may read content filled with credentials.
     pub access: access::AccessBook,
 }
@@ -70,6 +72,7 @@ impl Cache {
             storage,
             eviction,
             lock,
+            max_object_size: usize::try_from(config.max_object_size).unwrap_or(usize::MAX),
             ttl: TtlPolicy {
                 tag_ttl: config.tag_ttl,
                 stale_for: config.stale_for,
@@ -97,6 +100,7 @@ mod tests {
             max_size,
             tag_ttl: Duration::from_secs(60),
             stale_for: Duration::from_secs(60),
+            max_object_size: max_size,
         }
     }
 

@@ -106,6 +106,8 @@ pub struct CacheFile {
     pub tag_ttl: Option<String>,
     /// How long past `tag_ttl` a tag is still served while the upstream is unavailable.
     pub stale_for: Option<String>,
+    /// Larger objects are streamed to the client and not kept.
+    pub max_object_size: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -77,6 +77,8 @@ pub struct CacheConfig {
     pub tag_ttl: Duration,
     /// Longest a tag is served past `tag_ttl` while the upstream is unavailable.
     pub stale_for: Duration,
+    /// Larger objects pass to the client uncached (at most `max_size`).
+    pub max_object_size: u64,
 }
 
 /// The validated runtime configuration.
@@ -335,7 +337,7 @@ impl Config {
         };
 
         let c = &file.cache;
-        let cache = CacheConfig {
+        let mut cache = CacheConfig {
             dir: PathBuf::from(c.dir.as_deref().unwrap_or("./cache")),
             max_size: size("cache.max_size", c.max_size.as_ref(), 50 << 30)?,
             tag_ttl: duration(
@@ -348,7 +350,19 @@ impl Config {
                 c.stale_for.as_ref(),
                 crate::cache::policy::DEFAULT_STALE_FOR,
             )?,
+            max_object_size: 0,
         };
+        // An object larger than the whole cache would be written and then evict everything,
+        // itself included: never above max_size.
+        let max_object_size = size(
+            "cache.max_object_size",
+            c.max_object_size.as_ref(),
+            u64::MAX,
+        )?;
+        if max_object_size == 0 {
+            return Err(invalid("cache.max_object_size", "must be larger than 0"));
+        }
+        cache.max_object_size = max_object_size.min(cache.max_size);
         if cache.max_size == 0 {
             return Err(invalid("cache.max_size", "must be larger than 0"));
         }

@@ -316,6 +316,7 @@ impl ProxyHttp for Mirror {
             session
                 .cache
                 .enable(c.storage, Some(c.eviction), None, Some(c.lock), None);
+            session.cache.set_max_file_size_bytes(c.max_object_size);
         }
         Ok(())
     }

@@ -57,6 +57,8 @@ pub struct StorageStats {
     pub digest_mismatches: AtomicU64,
     pub corrupt_entries: AtomicU64,
     pub fills_in_flight: AtomicU64,
+    /// Fills given up because the disk refused a write (ENOSPC, EIO): served, not kept.
+    pub write_failures: AtomicU64,
 }
 
 /// Progress of a fill, watched by the hits that tail it.
@@ -67,7 +69,27 @@ enum Progress {
     /// commit (sync, renames) may still be under way.
     Done(u64),
     Failed,
+    /// The disk refused a write after this many bytes: the file holds them, the rest goes
+    /// to the filling request's own reader through its hand-off (`Handoff`).
+    Abandoned(u64),
 }
+
+/// Body bytes a fill that the disk refused passes to its own request's reader, so that
+/// client still gets its download; `End` comes once the whole body was checked.
+enum Handoff {
+    Data(Bytes),
+    End,
+}
+
+/// Most bytes a hand-off holds for a client slower than the upstream. Pingora reads the
+/// upstream and feeds the client in one task, so the writer cannot wait for the reader; a
+/// client further behind than this is cut.
+const HANDOFF_MAX_BYTES: usize = 64 << 20;
+
+/// The last bytes of a fill are held back from every reader until the body is checked
+/// against its digest, so a client never sees a complete body of wrong bytes: a mismatch
+/// cuts it before the end.
+const HELD_BACK: u64 = 1;
 
 /// A fill in progress, as lookups see it.
 struct Fill {
@@ -75,7 +97,14 @@ struct Fill {
     meta: (Vec<u8>, Vec<u8>),
     part: Arc<File>,
     progress: watch::Receiver<Progress>,
+    /// Taken by the filling request's own reader (`lookup_streaming_write`).
+    handoff: Mutex<Option<HandoffRx>>,
 }
+
+type HandoffRx = (
+    tokio::sync::mpsc::UnboundedReceiver<Handoff>,
+    Arc<AtomicU64>,
+);
 
 /// The disk cache storage.
 pub struct DiskStorage {
@@ -263,7 +292,7 @@ impl DiskStorage {
     /// A reader of the fill in progress for `bin`, if there is one.
     fn fill_hit(&self, bin: &HashBinary) -> Result<Option<(CacheMeta, HitHandler)>> {
         match self.lock_fills().get(bin) {
-            Some(fill) => Self::partial_hit(fill).map(Some),
+            Some(fill) => Self::partial_hit(fill, false).map(Some),
             None => Ok(None),
         }
     }
@@ -333,13 +362,29 @@ impl DiskStorage {
         Ok(Some((meta, Box::new(hit))))
     }
 
-    fn partial_hit(fill: &Fill) -> Result<(CacheMeta, HitHandler)> {
+    fn partial_hit(fill: &Fill, own: bool) -> Result<(CacheMeta, HitHandler)> {
         let meta = CacheMeta::deserialize(&fill.meta.0, &fill.meta.1)?;
+        let handoff = own
+            .then(|| {
+                fill.handoff
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+            })
+            .flatten()
+            .map(|(rx, queued)| HandoffReader {
+                rx,
+                queued,
+                at: 0,
+                held: None,
+                started: false,
+            });
         let hit = DiskHit::Partial {
             file: fill.part.clone(),
             progress: fill.progress.clone(),
             pos: 0,
             end: None,
+            handoff,
         };
         Ok((meta, Box::new(hit)))
     }
@@ -361,7 +406,69 @@ enum DiskHit {
         pos: u64,
         /// Where a range ends (exclusive); `None` reads to the end of the fill.
         end: Option<u64>,
+        /// The filling request's own reader: where the body continues if the disk refuses.
+        handoff: Option<HandoffReader>,
     },
+}
+
+/// The reading end of a hand-off.
+struct HandoffReader {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
+    /// Bytes sent and not yet received (bounded by `HANDOFF_MAX_BYTES`).
+    queued: Arc<AtomicU64>,
+    /// Body offset of the next chunk to arrive.
+    at: u64,
+    /// The held-back tail, released with the next chunk or at the end.
+    held: Option<Bytes>,
+    /// The file's bytes are read: everything else comes from here.
+    started: bool,
+}
+
+impl HandoffReader {
+    /// The next bytes at or after `pos` (below `end`), the last byte held back until the
+    /// body is checked; `None` at the end.
+    async fn read(&mut self, pos: &mut u64, end: Option<u64>) -> Result<Option<Bytes>> {
+        loop {
+            if end.is_some_and(|e| *pos >= e) {
+                return Ok(None);
+            }
+            match self.rx.recv().await {
+                Some(Handoff::Data(chunk)) => {
+                    self.queued.fetch_sub(chunk.len() as u64, Ordering::Relaxed);
+                    let start = self.at;
+                    self.at += chunk.len() as u64;
+                    let from = (*pos).max(start);
+                    let to = end.map_or(self.at, |e| e.min(self.at));
+                    if from >= to {
+                        continue;
+                    }
+                    let piece = chunk.slice((from - start) as usize..(to - start) as usize);
+                    *pos = to;
+                    // Release what was held, hold this piece's last byte.
+                    let keep = piece.len() - HELD_BACK as usize;
+                    let out = match self.held.replace(piece.slice(keep..)) {
+                        Some(held) if keep > 0 => {
+                            let mut joined = Vec::with_capacity(held.len() + keep);
+                            joined.extend_from_slice(&held);
+                            joined.extend_from_slice(&piece[..keep]);
+                            Bytes::from(joined)
+                        }
+                        Some(held) => held,
+                        None if keep > 0 => piece.slice(..keep),
+                        None => continue,
+                    };
+                    return Ok(Some(out));
+                }
+                Some(Handoff::End) => return Ok(self.held.take()),
+                None => {
+                    return Error::e_explain(
+                        InternalError,
+                        "cache fill given up and the body did not complete",
+                    )
+                }
+            }
+        }
+    }
 }
 
 /// Reads at `pos` between 1 and `len` bytes (fewer than `len` when only part of them was in the
@@ -413,7 +520,11 @@ impl HandleHit for DiskHit {
                 progress,
                 pos,
                 end,
+                handoff,
             } => loop {
+                if let Some(h) = handoff.as_mut().filter(|h| h.started) {
+                    return h.read(pos, *end).await;
+                }
                 let state = *progress.borrow_and_update();
                 let stop = |n: u64| end.map_or(n, |e| e.min(n));
                 let available = match state {
@@ -421,7 +532,22 @@ impl HandleHit for DiskHit {
                         return Error::e_explain(InternalError, "cache fill failed")
                     }
                     Progress::Done(n) if *pos >= stop(n) => return Ok(None),
-                    Progress::Done(n) | Progress::Writing(n) => stop(n),
+                    Progress::Done(n) => stop(n),
+                    Progress::Writing(n) => stop(n.saturating_sub(HELD_BACK)),
+                    Progress::Abandoned(n) if *pos < stop(n) => stop(n),
+                    Progress::Abandoned(n) => match handoff {
+                        Some(h) => {
+                            h.started = true;
+                            h.at = n;
+                            return h.read(pos, *end).await;
+                        }
+                        None => {
+                            return Error::e_explain(
+                                InternalError,
+                                "cache fill given up (the disk refused a write)",
+                            )
+                        }
+                    },
                 };
                 if end.is_some_and(|e| *pos >= e) {
                     return Ok(None);
@@ -535,11 +661,57 @@ pub struct DiskMiss {
     small: Option<Vec<u8>>,
     progress: watch::Sender<Progress>,
     committed: bool,
+    /// The disk refused a write: the rest of the body passes to the client uncached.
+    abandoned: bool,
+    /// Where the body goes once abandoned: the filling request's own reader.
+    handoff: Option<(tokio::sync::mpsc::UnboundedSender<Handoff>, Arc<AtomicU64>)>,
 }
 
 impl DiskMiss {
+    /// After the disk refused: checks the bytes and passes them on to the filling request.
+    async fn hand_off(&mut self, data: Bytes) -> Result<()> {
+        let Some(mut verifier) = self.verifier.take() else {
+            return Error::e_explain(InternalError, "cache fill already failed");
+        };
+        let (verifier, data) = blocking(move || {
+            verifier.update(&data);
+            (verifier, data)
+        })
+        .await?;
+        self.verifier = Some(verifier);
+        self.written += data.len() as u64;
+        self.send_handoff(Handoff::Data(data)).await
+    }
+
+    /// Passes a chunk to the filling request's reader; a reader that went away, or fell
+    /// more than `HANDOFF_MAX_BYTES` behind, ends the fill.
+    async fn send_handoff(&mut self, chunk: Handoff) -> Result<()> {
+        let Some((tx, queued)) = self.handoff.as_ref() else {
+            return Error::e_explain(InternalError, "cache fill given up, nobody reads it");
+        };
+        if let Handoff::Data(d) = &chunk {
+            let behind = queued.fetch_add(d.len() as u64, Ordering::Relaxed) + d.len() as u64;
+            if behind > HANDOFF_MAX_BYTES as u64 {
+                self.handoff = None;
+                return Error::e_explain(
+                    InternalError,
+                    "cache fill given up and its client fell too far behind the upstream",
+                );
+            }
+        }
+        if tx.send(chunk).is_err() {
+            self.handoff = None;
+            return Error::e_explain(InternalError, "cache fill given up, its reader is gone");
+        }
+        Ok(())
+    }
+
     fn fail(&mut self) {
-        self.progress.send_replace(Progress::Failed);
+        // An abandoned fill's own reader goes on through the hand-off; the others were cut
+        // when it was abandoned.
+        if !self.abandoned {
+            self.progress.send_replace(Progress::Failed);
+        }
         let mut fills = self.storage.lock_fills();
         if fills.get(&self.bin).is_some_and(|f| f.id == self.id) {
             fills.remove(&self.bin);
@@ -553,6 +725,9 @@ impl HandleMiss for DiskMiss {
         if data.is_empty() {
             return Ok(());
         }
+        if self.abandoned {
+            return self.hand_off(data).await;
+        }
         let (file, mut verifier) = match (self.file.take(), self.verifier.take()) {
             (Some(f), Some(v)) => (f, v),
             _ => return Error::e_explain(InternalError, "cache fill already failed"),
@@ -563,15 +738,34 @@ impl HandleMiss for DiskMiss {
             Some(copy) if copy.len() + data.len() <= HOT_BODY_MAX => copy.extend_from_slice(&data),
             _ => self.small = None,
         }
-        let (file, verifier, result) = blocking(move || {
+        let (file, verifier, result, data) = blocking(move || {
             verifier.update(&data);
             let r = file.write_all_at(&data, offset);
-            (file, verifier, r)
+            (file, verifier, r, data)
         })
         .await?;
         if let Err(e) = result {
+            // A full or failing disk stops caching this object, never the client's download
+            // (an error here would cut it): the part file goes at once to give the space
+            // back, readers tailing the fill are cut (their next request fetches anew), and
+            // the filling request's own reader gets the rest through the hand-off, checked.
+            warn!(
+                "cache fill {} given up after {} bytes: {e}; the download goes on uncached",
+                hex::encode(self.bin),
+                self.written
+            );
+            self.storage
+                .stats
+                .write_failures
+                .fetch_add(1, Ordering::Relaxed);
+            self.verifier = Some(verifier);
+            self.abandoned = true;
             self.fail();
-            return Err(internal("cache write failed", e));
+            self.progress
+                .send_replace(Progress::Abandoned(self.written));
+            self.written += len;
+            let _ = std::fs::remove_file(&self.part_path);
+            return self.send_handoff(Handoff::Data(data)).await;
         }
         self.file = Some(file);
         self.verifier = Some(verifier);
@@ -581,6 +775,26 @@ impl HandleMiss for DiskMiss {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        if self.abandoned {
+            // Nothing is kept; the filling request gets its last byte only if the body is
+            // what its digest says.
+            let checked = self.verifier.take().map(|v| v.check(self.written));
+            if let Some(ContentCheck::Mismatch { expected, actual }) = checked {
+                self.storage
+                    .stats
+                    .digest_mismatches
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    "uncached download {} cut: content is {actual}, expected {expected}",
+                    hex::encode(self.bin)
+                );
+            } else {
+                self.send_handoff(Handoff::End).await?;
+            }
+            // Not an error: pingora would abort the client's download on one. Nothing was
+            // created (a weightless LRU record at most, purged as not found when evicted).
+            return Ok(MissFinishType::Appended(0, None));
+        }
         let (Some(file), Some(verifier)) = (self.file.take(), self.verifier.take()) else {
             self.fail();
             return Error::e_explain(InternalError, "cache fill already failed");
@@ -728,7 +942,7 @@ impl Storage for DiskStorage {
         };
         let fills = self.lock_fills();
         match fills.get(&key.combined_bin()) {
-            Some(fill) if fill.id.to_le_bytes() == tag => Self::partial_hit(fill).map(Some),
+            Some(fill) if fill.id.to_le_bytes() == tag => Self::partial_hit(fill, true).map(Some),
             _ => Ok(None),
         }
     }
@@ -759,6 +973,8 @@ impl Storage for DiskStorage {
         .await?
         .map_err(|e| internal("cannot create cache part file", e))?;
         let (tx, rx) = watch::channel(Progress::Writing(0));
+        let (handoff_tx, handoff_rx) = tokio::sync::mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicU64::new(0));
         self.lock_fills().insert(
             bin,
             Fill {
@@ -766,6 +982,7 @@ impl Storage for DiskStorage {
                 meta: serialized.clone(),
                 part: Arc::new(reader),
                 progress: rx,
+                handoff: Mutex::new(Some((handoff_rx, queued.clone()))),
             },
         );
         self.stats.fills_in_flight.fetch_add(1, Ordering::Relaxed);
@@ -783,6 +1000,8 @@ impl Storage for DiskStorage {
             small: Some(Vec::new()),
             progress: tx,
             committed: false,
+            abandoned: false,
+            handoff: Some((handoff_tx, queued)),
         }))
     }
 
