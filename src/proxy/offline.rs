@@ -15,6 +15,7 @@
 //! are answered without asking.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,9 @@ pub fn unavailable(status: u16) -> bool {
 #[derive(Debug, Default)]
 pub struct Outages {
     down_until: Mutex<HashMap<String, Instant>>,
+    /// Some route was marked down and not yet seen up: checked first, so the usual case (no
+    /// outage) costs every request one atomic load, not a lock.
+    any: AtomicBool,
 }
 
 impl Outages {
@@ -58,6 +62,7 @@ impl Outages {
         let now = Instant::now();
         let was_down = down.get(route).is_some_and(|until| *until > now);
         down.insert(route.to_owned(), now + OUTAGE_MEMORY);
+        self.any.store(true, Ordering::Release);
         if !was_down {
             warn!(
                 "route {route}: upstream unavailable ({why}); answering from the cache for {OUTAGE_MEMORY:?} before asking again"
@@ -67,13 +72,22 @@ impl Outages {
 
     /// The upstream answered: it is not down.
     pub fn mark_up(&self, route: &str) {
+        if !self.any.load(Ordering::Acquire) {
+            return;
+        }
         let mut down = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
         if down.remove(route).is_some() {
             log::info!("route {route}: upstream answers again");
         }
+        if down.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
     }
 
     pub fn is_down(&self, route: &str) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
         let down = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
         down.get(route).is_some_and(|until| *until > Instant::now())
     }
