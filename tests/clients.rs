@@ -1,6 +1,7 @@
 //! Real clients pulling through the mirror: podman with the mirror as a `registries.conf`
 //! mirror (path-prefix form), and containerd's `ctr` with a `hosts.toml` (routed by `?ns=`).
-//! Each test skips, saying so, when its tool is missing; `scripts/test` installs them.
+//! Each test skips, saying so, when its tool is missing; under `scripts/test`, which installs
+//! them, a missing tool fails the test.
 
 mod common;
 
@@ -51,9 +52,7 @@ fn run(cmd: &mut Command) {
 #[test]
 fn podman_pulls_through_a_registries_conf_mirror() {
     let Some(podman) = find("podman") else {
-        eprintln!(
-            "SKIPPED: podman is not installed (Debian package podman; scripts/test installs it)"
-        );
+        common::skip("podman is not installed (Debian package podman; scripts/test installs it)");
         return;
     };
     let work = tempfile::tempdir().unwrap();
@@ -137,7 +136,9 @@ fn start_containerd(bin: &Path, dir: &Path) -> Containerd {
 #[test]
 fn ctr_pulls_through_hosts_toml() {
     let (Some(ctr), Some(containerd)) = (find("ctr"), find("containerd")) else {
-        eprintln!("SKIPPED: ctr/containerd are not installed (Debian package containerd; scripts/test installs it)");
+        common::skip(
+            "ctr/containerd are not installed (Debian package containerd; scripts/test installs it)",
+        );
         return;
     };
     let work = tempfile::tempdir().unwrap();

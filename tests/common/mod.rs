@@ -220,6 +220,16 @@ pub fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
 }
 
+/// A test that cannot run here says so, and returns; under `scripts/test`, which installs
+/// every tool and sets `PULLTHROUGH_REQUIRE_TOOLS`, it fails instead: a test that silently
+/// passes without its tool proves nothing.
+pub fn skip(why: &str) {
+    if std::env::var_os("PULLTHROUGH_REQUIRE_TOOLS").is_some() {
+        panic!("{why} (PULLTHROUGH_REQUIRE_TOOLS is set: scripts/test should have installed it)");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
 /// The path of a program, or a clear failure naming the package that provides it.
 pub fn require_program(name: &str, package: &str) -> PathBuf {
     for dir in std::env::var("PATH").unwrap_or_default().split(':') {
