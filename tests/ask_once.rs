@@ -129,3 +129,37 @@ async fn protocol_answers_clients_and_the_conformance_suite_expect() {
         "refused requests reached the upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tag_list_pages_are_named_the_way_the_client_came() {
+    let hub = Hub::start().await;
+    let blob = hub.add_blob(noise(1024, 2));
+    hub.add_manifest("library/app", "v1", &blob);
+    hub.add_manifest("library/app", "v2", &blob);
+    let mirror = Mirror::start(&config(&hub));
+    let c = common::client(&[], mirror.addr());
+    let tok = hub::pull_token(&c, &mirror, "library/app", None).await;
+    for (path, want) in [
+        (
+            "/v2/library/app/tags/list?n=1",
+            "</v2/library/app/tags/list?last=v1&n=1>; rel=\"next\"",
+        ),
+        (
+            "/v2/docker.io/library/app/tags/list?n=1",
+            "</v2/docker.io/library/app/tags/list?last=v1&n=1>; rel=\"next\"",
+        ),
+        (
+            "/v2/library/app/tags/list?n=1&ns=docker.io",
+            "</v2/library/app/tags/list?last=v1&n=1&ns=docker.io>; rel=\"next\"",
+        ),
+    ] {
+        let r = c
+            .get(mirror.url(path))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["link"], want, "{path}");
+    }
+}

@@ -109,6 +109,8 @@ async fn four_ways_in() {
             .any(|r| r["name"] == "quay" && r["hosts"][0] == "quay.mirror.test"),
         "{body}"
     );
+    // How to reach a route, not where it goes.
+    assert!(!body.to_string().contains("://"), "{body}");
     assert_eq!(hub.count(REGISTRY), before);
 }
 

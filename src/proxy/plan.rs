@@ -208,8 +208,14 @@ fn path_error(e: PathError) -> RegistryError {
 }
 
 /// 404 with the list of routes, so an operator sees what the mirror answers to.
+/// The 404 for a request no route takes, listing how to reach each route: names, registries
+/// and hosts, never the upstream URLs (an internal registry's address is nobody's business).
 fn no_route(routes: &RouteTable, e: NoRoute) -> RegistryError {
-    let list: Vec<_> = routes.routes().iter().map(|r| r.as_ref()).collect();
+    let list: Vec<_> = routes
+        .routes()
+        .iter()
+        .map(|r| serde_json::json!({ "name": r.name, "registry": r.registry, "hosts": r.hosts }))
+        .collect();
     RegistryError::new(404, ErrorCode::NameUnknown, e.to_string())
         .with_detail(serde_json::json!({ "routes": list }))
 }

@@ -19,6 +19,31 @@ impl Mirror {
         format!("{}://{host}/v2/auth", scheme.as_str())
     }
 
+    /// A paginated answer's `Link`, rewritten for a client that came by path prefix or
+    /// `?ns=` (see `registry::link`).
+    fn relay_link(&self, resp: &mut ResponseHeader, ctx: &RequestCtx) {
+        let prefix = ctx.target.as_ref().and_then(|t| t.client_prefix());
+        let ns = match (ctx.via, ctx.route.as_ref()) {
+            (Some(crate::routes::Via::Namespace), Some(route)) => Some(route.registry.as_str()),
+            _ => None,
+        };
+        if prefix.is_none() && ns.is_none() {
+            return;
+        }
+        let Some(link) = resp
+            .headers
+            .get(header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| crate::registry::link::client_link(l, prefix, ns))
+        else {
+            return;
+        };
+        debug!("route {}: Link rewritten to {link}", ctx.route_name());
+        if let Err(e) = resp.insert_header(header::LINK, link) {
+            warn!("cannot set Link header: {e}");
+        }
+    }
+
     /// Replaces an upstream's challenge with the mirror's own, learning the realm on the way.
     fn relay_challenge(&self, session: &Session, resp: &mut ResponseHeader, ctx: &RequestCtx) {
         let Some(upstream) = resp
@@ -84,6 +109,9 @@ impl Mirror {
                     .into_up());
                 }
             }
+        }
+        if hop.kind == HopKind::Registry {
+            self.relay_link(resp, ctx);
         }
         if status == 200 && matches!(hop.kind, HopKind::Registry | HopKind::Redirect) {
             // Content named by digest is stored under that digest, and checked against it.

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod link;
 pub mod path;
 pub mod reference;
 

@@ -323,6 +323,28 @@ async fn registry(State(hub): State<Hub>, req: Request) -> Response {
         return challenge(Some(&repo));
     }
     let reference = path.rsplit('/').next().unwrap_or_default().to_owned();
+    if path.ends_with("/tags/list") {
+        // One tag a page, the next page named the way distribution names it.
+        let tags: Vec<String> = hub
+            .lock()
+            .manifests
+            .keys()
+            .filter(|(r, t)| *r == repo && !t.starts_with("sha256:"))
+            .map(|(_, t)| t.clone())
+            .collect();
+        let first = tags.iter().min().cloned().unwrap_or_default();
+        return respond(
+            StatusCode::OK,
+            &[
+                ("content-type", "application/json".into()),
+                (
+                    "link",
+                    format!("</v2/{repo}/tags/list?last={first}&n=1>; rel=\"next\""),
+                ),
+            ],
+            format!(r#"{{"name":"{repo}","tags":["{first}"]}}"#),
+        );
+    }
     if path.contains("/manifests/") {
         // distribution 2.8: an OCI manifest asked for without an OCI Accept is unknown.
         let accepts_oci = req
@@ -390,7 +412,8 @@ fn repo_of(path: &str) -> Option<String> {
     let rest = path.strip_prefix("/v2/")?;
     let (name, _) = rest
         .rsplit_once("/manifests/")
-        .or_else(|| rest.rsplit_once("/blobs/"))?;
+        .or_else(|| rest.rsplit_once("/blobs/"))
+        .or_else(|| rest.rsplit_once("/tags/"))?;
     Some(name.to_owned())
 }
 
