@@ -220,6 +220,18 @@ impl HeadGuard {
         self.phase = Phase::Refused(kind);
         Poll::Ready(Err(refusal(kind)))
     }
+
+    /// A response is going out: what the client sends next is a new head, timed from its
+    /// first byte (the idle wait before it is Pingora's keep-alive timeout).
+    fn response_starts(&mut self) {
+        if matches!(self.phase, Phase::Request) {
+            self.phase = Phase::Head {
+                read: 0,
+                since: None,
+                scan: HeadEnd::default(),
+            };
+        }
+    }
 }
 
 /// Whether `deadline` has passed; registers `timer` (made on first use, then reset) to wake
@@ -331,14 +343,7 @@ impl AsyncWrite for HeadGuard {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        // A response is going out: what the client sends next is a new head.
-        if matches!(self.phase, Phase::Request) {
-            self.phase = Phase::Head {
-                read: 0,
-                since: None,
-                scan: HeadEnd::default(),
-            };
-        }
+        self.response_starts();
         Pin::new(&mut self.inner).poll_write(cx, data)
     }
 
@@ -347,13 +352,7 @@ impl AsyncWrite for HeadGuard {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if matches!(self.phase, Phase::Request) {
-            self.phase = Phase::Head {
-                read: 0,
-                since: None,
-                scan: HeadEnd::default(),
-            };
-        }
+        self.response_starts();
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
