@@ -6,21 +6,13 @@ mod common;
 
 use common::hub::{self, Hub, REGISTRY};
 use common::registry::noise;
-use common::Mirror;
+use common::{cache_status, Mirror};
 
 fn config(hub: &Hub) -> String {
     format!(
         "default_route: docker\nredirects: {{ follow: [\".docker.com\", \".cloudflarestorage.com\"], to_client: [] }}\n{}",
         hub.mirror_config()
     )
-}
-
-fn cache_status(r: &reqwest::Response) -> String {
-    r.headers()
-        .get("x-cache-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,15 +10,7 @@ use std::time::Duration;
 
 use common::hub::{self, Hub, AUTH, REGISTRY};
 use common::registry::noise;
-use common::Mirror;
-
-fn cache_status(r: &reqwest::Response) -> String {
-    r.headers()
-        .get("x-cache-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
-}
+use common::{cache_status, Mirror};
 
 struct Warm {
     hub: Hub,

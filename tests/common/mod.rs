@@ -214,6 +214,15 @@ pub async fn get_text(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> String
     c.get(url).send().await.unwrap().text().await.unwrap()
 }
 
+/// What `X-Cache-Status` said (empty when absent).
+pub fn cache_status(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("x-cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
 /// sha256 of bytes as `sha256:<hex>`.
 pub fn sha256(data: &[u8]) -> String {
     use sha2::Digest;
