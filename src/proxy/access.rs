@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use log::{debug, warn};
+use log::debug;
 use pingora::proxy::Session;
 
-use super::{offline, Mirror, RequestCtx, Shared};
+use super::{Mirror, RequestCtx, Shared};
 use crate::cache::key::MANIFEST_ACCEPT;
 use crate::proxy::plan::Target;
 use crate::proxy::token::{TokenRequest, UpstreamRealm};
@@ -212,7 +212,7 @@ impl Shared {
             .into_iter()
             .chain(probe.accept.map(|a| (header::ACCEPT, a)))
             .collect();
-        match self
+        let answer = self
             .side
             .head(
                 &self.resolver,
@@ -221,21 +221,13 @@ impl Shared {
                 path,
                 &headers,
             )
-            .await
-        {
-            Ok(resp) if offline::unavailable(resp.status.as_u16()) => {
-                let why = format!("access check answered {}", resp.status);
-                self.outages.mark_down(&route.name, &why);
-                None
-            }
-            Ok(resp) => Some(probe.readable(resp.status.as_u16())),
-            Err(e) => {
-                warn!(target: super::CACHE_LOG, "route {}: access check failed: {e}", route.name);
-                self.outages
-                    .mark_down(&route.name, &format!("access check failed: {e}"));
-                None
-            }
-        }
+            .await;
+        let status = |r: &pingora::http::ResponseHeader| r.status.as_u16();
+        let resp = self
+            .outages
+            .answered(&route.name, "access check", answer, status)
+            .ok()?;
+        Some(probe.readable(status(&resp)))
     }
 
     /// A HEAD without credentials, or with an anonymous token from the upstream's realm.
@@ -258,7 +250,7 @@ impl Shared {
                     .map(|a| (header::ACCEPT, a))
                     .into_iter()
                     .collect();
-                let resp = match self
+                let answer = self
                     .side
                     .head(
                         &self.resolver,
@@ -267,20 +259,11 @@ impl Shared {
                         path,
                         &headers,
                     )
-                    .await
-                {
-                    Ok(resp) if !offline::unavailable(resp.status.as_u16()) => resp,
-                    Ok(resp) => {
-                        let why = format!("access probe answered {}", resp.status);
-                        self.outages.mark_down(&route.name, &why);
-                        return None;
-                    }
-                    Err(e) => {
-                        let why = format!("access probe failed: {e}");
-                        self.outages.mark_down(&route.name, &why);
-                        return None;
-                    }
-                };
+                    .await;
+                let resp = self
+                    .outages
+                    .answered(&route.name, "access probe", answer, |r| r.status.as_u16())
+                    .ok()?;
                 if probe.readable(resp.status.as_u16()) {
                     return Some(true);
                 }
@@ -315,7 +298,7 @@ impl Shared {
             }
         }
         let path_and_query = &url[url::Position::BeforePath..url::Position::AfterQuery];
-        let token = match self
+        let answer = self
             .side
             .get(
                 &self.resolver,
@@ -325,22 +308,16 @@ impl Shared {
                 &[],
                 TOKEN_LIMIT,
             )
-            .await
-        {
-            Ok((resp, body)) if resp.status == 200 => anonymous_token(&body),
-            Ok((resp, _)) if offline::unavailable(resp.status.as_u16()) => {
-                let why = format!("token realm answered {}", resp.status);
-                self.outages.mark_down(&route.name, &why);
-                return None;
-            }
-            Ok(_) => None,
-            Err(e) => {
-                warn!(target: super::CACHE_LOG, "route {}: anonymous token request failed: {e}", route.name);
-                self.outages
-                    .mark_down(&route.name, &format!("token realm failed: {e}"));
-                return None;
-            }
-        };
+            .await;
+        let (resp, body) = self
+            .outages
+            .answered(&route.name, "token realm", answer, |(r, _)| {
+                r.status.as_u16()
+            })
+            .ok()?;
+        let token = (resp.status == 200)
+            .then(|| anonymous_token(&body))
+            .flatten();
         let Some(bearer) = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
         else {
             return Some(false);

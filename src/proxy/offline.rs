@@ -25,6 +25,7 @@ use pingora::proxy::Session;
 use super::plan::{Canned, Target};
 use super::{Mirror, RequestCtx};
 use crate::registry::V2Path;
+use crate::upstream::SideError;
 
 /// How long a failed upstream is believed down before it is asked again.
 pub const OUTAGE_MEMORY: Duration = Duration::from_secs(10);
@@ -82,6 +83,24 @@ impl Outages {
         if down.is_empty() {
             self.any.store(false, Ordering::Release);
         }
+    }
+
+    /// A side request's answer when the upstream gave one; no answer, a 5xx or a 429 marks
+    /// `route` down and comes back as why (`what` names the request in the log).
+    pub fn answered<T>(
+        &self,
+        route: &str,
+        what: &str,
+        answer: Result<T, SideError>,
+        status: impl Fn(&T) -> u16,
+    ) -> Result<T, String> {
+        let why = match answer {
+            Ok(a) if !unavailable(status(&a)) => return Ok(a),
+            Ok(a) => format!("{what} answered {}", status(&a)),
+            Err(e) => format!("{what} failed: {e}"),
+        };
+        self.mark_down(route, &why);
+        Err(why)
     }
 
     pub fn is_down(&self, route: &str) -> bool {

@@ -115,58 +115,49 @@ impl Mirror {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        match answer {
-            Ok(resp)
-                if resp.status == 200
-                    && digest_of(&resp).is_some()
-                    && digest_of(&resp) == digest_of(meta.response_header()) =>
-            {
-                s.outages.mark_up(&route.name);
-                debug!(target: CACHE_LOG,
-                    "route {}: tag unchanged upstream: revalidated by HEAD",
-                    route.name
-                );
-                let now = std::time::SystemTime::now();
-                let refreshed = CacheMeta::new(
-                    now + s.cache.ttl.tag_ttl,
-                    now,
-                    0,
-                    s.cache.ttl.stale_for.as_secs() as u32,
-                    meta.response_header().clone(),
-                );
-                if let Err(e) = s
-                    .cache
-                    .storage
-                    .update_meta(
-                        session.cache.cache_key(),
-                        &refreshed,
-                        &pingora::cache::trace::Span::inactive().handle(),
-                    )
-                    .await
-                {
-                    warn!(target: CACHE_LOG, "route {}: cannot refresh cached tag: {e}", route.name);
-                }
-                TagCheck::Unchanged
-            }
-            Ok(resp) if offline::unavailable(resp.status.as_u16()) => {
-                let why = format!("tag check answered {}", resp.status);
-                s.outages.mark_down(&route.name, &why);
-                TagCheck::Unavailable(why)
-            }
-            Err(e) => {
-                let why = format!("tag check failed: {e}");
-                s.outages.mark_down(&route.name, &why);
-                TagCheck::Unavailable(why)
-            }
-            Ok(resp) => {
-                s.outages.mark_up(&route.name);
-                debug!(target: CACHE_LOG,
-                    "route {}: tag check answered {} with another digest: fetching",
-                    route.name, resp.status
-                );
-                TagCheck::Changed
-            }
+        let resp = match s
+            .outages
+            .answered(&route.name, "tag check", answer, |r| r.status.as_u16())
+        {
+            Ok(resp) => resp,
+            Err(why) => return TagCheck::Unavailable(why),
+        };
+        s.outages.mark_up(&route.name);
+        if resp.status != 200
+            || digest_of(&resp).is_none()
+            || digest_of(&resp) != digest_of(meta.response_header())
+        {
+            debug!(target: CACHE_LOG,
+                "route {}: tag check answered {} with another digest: fetching",
+                route.name, resp.status
+            );
+            return TagCheck::Changed;
         }
+        debug!(target: CACHE_LOG,
+            "route {}: tag unchanged upstream: revalidated by HEAD",
+            route.name
+        );
+        let now = std::time::SystemTime::now();
+        let refreshed = CacheMeta::new(
+            now + s.cache.ttl.tag_ttl,
+            now,
+            0,
+            s.cache.ttl.stale_for.as_secs() as u32,
+            meta.response_header().clone(),
+        );
+        if let Err(e) = s
+            .cache
+            .storage
+            .update_meta(
+                session.cache.cache_key(),
+                &refreshed,
+                &pingora::cache::trace::Span::inactive().handle(),
+            )
+            .await
+        {
+            warn!(target: CACHE_LOG, "route {}: cannot refresh cached tag: {e}", route.name);
+        }
+        TagCheck::Unchanged
     }
 
     /// Serves a stale tag while the upstream cannot be asked, for up to `cache.stale_for`
