@@ -34,6 +34,10 @@ pub struct Metrics {
     /// Connections refused to internal addresses an upstream named (redirects, realms).
     pub egress_refused: IntCounter,
     pub cache_write_failures: IntCounter,
+    /// Cold fills not started, by reason: `max_fills` or `disk_space` (served uncached).
+    pub fills_refused: IntCounterVec,
+    /// Bytes reserved on the cache's disk by running fills.
+    pub fills_reserved_bytes: IntGauge,
 }
 
 /// The metrics, registered once on first use.
@@ -105,6 +109,17 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| Metrics {
         "Fills given up because the disk refused a write (the download went on uncached)"
     )
     .expect("metric registers once"),
+    fills_refused: register_int_counter_vec!(
+        "pullthrough_cache_fills_refused_total",
+        "Cold fills not started (the response went to the client uncached), by reason",
+        &["reason"]
+    )
+    .expect("metric registers once"),
+    fills_reserved_bytes: register_int_gauge!(
+        "pullthrough_cache_fills_reserved_bytes",
+        "Disk space reserved by running fills for their declared lengths"
+    )
+    .expect("metric registers once"),
     egress_refused: register_int_counter!(
         "pullthrough_egress_refused_total",
         "Connections refused to internal addresses named by an upstream (redirects, realms)"
@@ -138,6 +153,8 @@ impl Metrics {
         self.fills_in_flight
             .set(stats.fills_in_flight.load(Relaxed) as i64);
         self.cache_size.set(cache.eviction.total_size() as i64);
+        self.fills_reserved_bytes
+            .set(i64::try_from(cache.fills.reserved()).unwrap_or(i64::MAX));
         self.cache_items.set(cache.eviction.total_items() as i64);
         catch_up(&self.cache_evictions, cache.eviction.evicted_items() as u64);
         catch_up(

@@ -66,6 +66,7 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
             draining: draining.clone(),
         },
     ));
+    server.add_service(background_service("cache keeper", cache.keeper()));
     let connection_limits = limits.connections;
     let shared = Arc::new(Shared {
         draining,

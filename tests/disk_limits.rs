@@ -118,6 +118,7 @@ async fn a_full_disk_never_cuts_a_download() {
     let _unmount = Unmount(&cache);
     let hub = Hub::start().await;
     let huge = hub.add_blob(noise(12 << 20, 31));
+    let squeezed = hub.add_blob(noise(6 << 20, 33));
     let small = hub.add_blob(noise(256 << 10, 32));
     let admin = free_port();
     let mirror = Mirror::start(&config(
@@ -127,21 +128,132 @@ async fn a_full_disk_never_cuts_a_download() {
     ));
     let c = common::client(&[], mirror.addr());
     let tok = hub::pull_token(&c, &mirror, "library/big", None).await;
-    // Larger than the disk: every byte reaches the client, nothing stays behind.
-    assert_eq!(get_blob(&c, &mirror, &tok, &huge).await, "miss");
-    let left: Vec<_> = files(&cache)
-        .into_iter()
-        .filter(|f| f.ends_with(".part") || f.contains(&huge[7..]))
-        .collect();
-    assert!(left.is_empty(), "left over: {left:?}");
+    let leftovers = |blob: &str| -> Vec<String> {
+        files(&cache)
+            .into_iter()
+            .filter(|f| f.ends_with(".part") || f.contains(&blob[7..]))
+            .collect()
+    };
+    // Declared larger than the disk: no fill starts (no room to reserve), every byte
+    // reaches the client, nothing stays behind.
+    assert_eq!(get_blob(&c, &mirror, &tok, &huge).await, "bypass");
+    assert!(
+        leftovers(&huge).is_empty(),
+        "left over: {:?}",
+        leftovers(&huge)
+    );
+    // Room when the fill starts, none halfway (something else fills the disk): the fill is
+    // given up, the download completes.
+    let gate = hub.gate(&squeezed);
+    let pull = {
+        let (c, url, tok) = (
+            c.clone(),
+            mirror.url(&format!("/v2/library/big/blobs/{squeezed}")),
+            tok.clone(),
+        );
+        tokio::spawn(async move {
+            let r = c.get(url).bearer_auth(&tok).send().await.unwrap();
+            let status = r.headers()["x-cache-status"].to_str().unwrap().to_owned();
+            (status, r.bytes().await)
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !files(&cache).iter().any(|f| f.ends_with(".part")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fill never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let filler = cache.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 5 << 20]);
+    gate.add_permits(100);
+    let (status, body) = pull.await.unwrap();
+    let body = body.unwrap_or_else(|e| panic!("download cut: {e}\n{}", mirror.log()));
+    assert_eq!(status, "miss");
+    assert_eq!(
+        common::sha256(&body),
+        squeezed,
+        "the client got wrong or short bytes"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        leftovers(&squeezed).is_empty(),
+        "left over: {:?}",
+        leftovers(&squeezed)
+    );
     assert!(pullthrough::healthcheck::check(&mirror.url("/healthz")).is_ok());
     // Smaller objects are still cached.
     assert_eq!(get_blob(&c, &mirror, &tok, &small).await, "miss");
     assert_eq!(get_blob(&c, &mirror, &tok, &small).await, "hit");
     let metrics = common::get_text(&c, format!("http://127.0.0.1:{admin}/metrics")).await;
+    for line in [
+        "pullthrough_cache_fills_refused_total{reason=\"disk_space\"} 1",
+        "pullthrough_cache_write_failures_total 1",
+        "pullthrough_cache_fills_reserved_bytes 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    assert!(mirror.log().contains("the download goes on uncached"));
+    assert!(mirror
+        .log()
+        .contains("served uncached: no room on the cache's disk"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fills_beyond_max_fills_stream_uncached() {
+    let hub = Hub::start().await;
+    let first = hub.add_blob(noise(1 << 20, 41));
+    let second = hub.add_blob(noise(1 << 20, 42));
+    let dir = tempfile::tempdir().unwrap();
+    let admin = free_port();
+    let mirror = Mirror::start(&config(
+        &hub,
+        &format!(
+            "cache: {{ dir: \"{}\", max_fills: 1 }}\n",
+            dir.path().display()
+        ),
+        admin,
+    ));
+    let c = common::client(&[], mirror.addr());
+    let tok = hub::pull_token(&c, &mirror, "library/big", None).await;
+    // One fill holds the only place while its upstream waits.
+    let gate = hub.gate(&first);
+    let pull = {
+        let (c, url, tok) = (
+            c.clone(),
+            mirror.url(&format!("/v2/library/big/blobs/{first}")),
+            tok.clone(),
+        );
+        tokio::spawn(async move {
+            let r = c.get(url).bearer_auth(&tok).send().await.unwrap();
+            let status = r.headers()["x-cache-status"].to_str().unwrap().to_owned();
+            (status, r.bytes().await.unwrap())
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !files(dir.path()).iter().any(|f| f.ends_with(".part")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fill never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Another cold object meanwhile: served, not kept.
+    assert_eq!(get_blob(&c, &mirror, &tok, &second).await, "bypass");
+    gate.add_permits(100);
+    let (status, body) = pull.await.unwrap();
+    assert_eq!(
+        (status.as_str(), common::sha256(&body)),
+        ("miss", first.clone())
+    );
+    // The place is free again: the second object is cached now.
+    assert_eq!(get_blob(&c, &mirror, &tok, &second).await, "miss");
+    assert_eq!(get_blob(&c, &mirror, &tok, &second).await, "hit");
+    assert_eq!(hub.count_path(STORAGE, &second[7..]), 2);
+    let metrics = common::get_text(&c, format!("http://127.0.0.1:{admin}/metrics")).await;
     assert!(
-        metrics.contains("pullthrough_cache_write_failures_total 1"),
+        metrics.contains("pullthrough_cache_fills_refused_total{reason=\"max_fills\"} 1"),
         "{metrics}"
     );
-    assert!(mirror.log().contains("the download goes on uncached"));
 }

@@ -3,106 +3,183 @@
 //! An entry filled by a request that carried `Authorization` is marked private. A later
 //! reader is served from cache when the repository is public (an anonymous probe succeeded,
 //! remembered for `VERDICT_TTL`) or when the upstream accepted that reader's own credentials
-//! for the repository (a HEAD, remembered for `GRANT_TTL`, about a registry token's life).
-//! Credentials are kept only as a keyed hash, never in the clear.
+//! for the repository (a HEAD, remembered for the token's life: its `exp`, else `GRANT_TTL`).
+//!
+//! The book is bounded (`BOOK_CAPACITY` entries per kind, least used dropped first; moka)
+//! and its keys are HMAC-SHA256 of route, repository and credential under a key drawn at
+//! start: credentials are never kept, and a client cannot aim keys at one another.
 
-use std::collections::hash_map::{DefaultHasher, HashMap};
-use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use hmac::{Hmac, Mac};
+use moka::sync::Cache;
+use sha2::Sha256;
 
 /// The header that marks a cached response as filled with credentials. Internal: stripped
 /// from every response.
 pub const PRIVATE_MARK: &str = "x-pullthrough-private";
 /// How long a repository's public/private verdict is trusted.
 pub const VERDICT_TTL: Duration = Duration::from_secs(600);
-/// How long an upstream's acceptance of a credential for a repository is trusted.
+/// How long an upstream's acceptance of a credential for a repository is trusted when the
+/// token does not say when it expires (about a registry token's life).
 pub const GRANT_TTL: Duration = Duration::from_secs(300);
+/// The longest a grant is trusted, whatever the token says.
+pub const GRANT_MAX_TTL: Duration = Duration::from_secs(3600);
 /// How long a decided verdict still stands in for one that cannot be decided now (the
 /// upstream is unavailable): as long as a stale tag may be served.
 pub const LAST_VERDICT_TTL: Duration = crate::cache::policy::DEFAULT_STALE_FOR;
+/// Entries each part of the book holds at most.
+pub const BOOK_CAPACITY: u64 = 100_000;
 
 /// A repository's public/private verdict: decided once by whoever asks first, awaited by
 /// everyone else (one probe however many readers arrive together).
 pub type Verdict = Arc<tokio::sync::OnceCell<bool>>;
 
-/// Remembered answers, with expiry.
-#[derive(Default)]
-pub struct AccessBook {
-    public: Mutex<HashMap<(String, String), (Verdict, Instant)>>,
-    grants: Mutex<HashMap<u64, Instant>>,
-    /// The last verdict decided per repository, and when.
-    last: Mutex<HashMap<(String, String), (bool, Instant)>>,
+/// A keyed hash of what an entry is about.
+type BookKey = [u8; 16];
+
+/// How long a grant lives: what its token said, within bounds.
+struct GrantLife;
+
+impl moka::Expiry<BookKey, Duration> for GrantLife {
+    fn expire_after_create(&self, _: &BookKey, life: &Duration, _: Instant) -> Option<Duration> {
+        Some(*life)
+    }
 }
 
-fn grant_key(route: &str, repo: &str, credential: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    (route, repo, credential).hash(&mut h);
-    h.finish()
+/// Remembered answers, bounded and with expiry.
+pub struct AccessBook {
+    key: [u8; 32],
+    public: Cache<BookKey, Verdict>,
+    grants: Cache<BookKey, Duration>,
+    /// The last verdict decided per repository.
+    last: Cache<BookKey, bool>,
+}
+
+impl Default for AccessBook {
+    fn default() -> Self {
+        AccessBook::with_lives(VERDICT_TTL, LAST_VERDICT_TTL)
+    }
+}
+
+/// What a key is about (keeps the kinds apart under one HMAC key).
+#[derive(Clone, Copy)]
+enum Kind {
+    Verdict = 1,
+    Grant = 2,
 }
 
 impl AccessBook {
+    /// A book whose verdicts live `verdict` and whose fallback verdicts live `last`.
+    pub fn with_lives(verdict: Duration, last: Duration) -> AccessBook {
+        let mut key = [0u8; 32];
+        // Without the OS's randomness the keys are still hashes, only predictable ones.
+        if getrandom::fill(&mut key).is_err() {
+            let nanos = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            key[..16].copy_from_slice(&nanos.to_le_bytes());
+        }
+        AccessBook {
+            key,
+            public: Cache::builder()
+                .max_capacity(BOOK_CAPACITY)
+                .time_to_live(verdict)
+                .build(),
+            grants: Cache::builder()
+                .max_capacity(BOOK_CAPACITY)
+                .expire_after(GrantLife)
+                .build(),
+            last: Cache::builder()
+                .max_capacity(BOOK_CAPACITY)
+                .time_to_live(last)
+                .build(),
+        }
+    }
+
+    fn book_key(&self, kind: Kind, route: &str, repo: &str, credential: &[u8]) -> BookKey {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        for part in [
+            &[kind as u8][..],
+            route.as_bytes(),
+            repo.as_bytes(),
+            credential,
+        ] {
+            mac.update(&(part.len() as u32).to_le_bytes());
+            mac.update(part);
+        }
+        let tag = mac.finalize().into_bytes();
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&tag[..16]);
+        key
+    }
+
     /// The repository's verdict, if decided and current: true when anyone may read it.
     pub fn is_public(&self, route: &str, repo: &str) -> Option<bool> {
-        self.verdict(route, repo).get().copied()
+        let key = self.book_key(Kind::Verdict, route, repo, b"");
+        self.public.get(&key).and_then(|cell| cell.get().copied())
     }
 
     /// The current verdict cell for a repository (a new, undecided one when it expired).
     pub fn verdict(&self, route: &str, repo: &str) -> Verdict {
-        let mut book = self.public.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let key = (route.to_owned(), repo.to_owned());
-        match book.get(&key) {
-            Some((cell, until)) if now < *until => cell.clone(),
-            _ => {
-                if book.len() > 100_000 {
-                    book.retain(|_, (_, until)| *until > now);
-                }
-                let cell = Verdict::default();
-                book.insert(key, (cell.clone(), now + VERDICT_TTL));
-                cell
-            }
-        }
+        let key = self.book_key(Kind::Verdict, route, repo, b"");
+        self.public.get_with(key, Verdict::default)
     }
 
     /// Records a decided verdict as the one to fall back on while the upstream is down.
     pub fn remember(&self, route: &str, repo: &str, public: bool) {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if last.len() > 100_000 {
-            last.retain(|_, (_, at)| now.duration_since(*at) < LAST_VERDICT_TTL);
-        }
-        last.insert((route.to_owned(), repo.to_owned()), (public, now));
+        self.last
+            .insert(self.book_key(Kind::Verdict, route, repo, b""), public);
     }
 
     /// The last verdict decided for a repository, if recent enough to stand in.
     pub fn last_verdict(&self, route: &str, repo: &str) -> Option<bool> {
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.get(&(route.to_owned(), repo.to_owned()))
-            .filter(|(_, at)| at.elapsed() < LAST_VERDICT_TTL)
-            .map(|(public, _)| *public)
+        self.last
+            .get(&self.book_key(Kind::Verdict, route, repo, b""))
     }
 
-    /// Whether the upstream recently accepted this credential for the repository.
+    /// Whether the upstream accepted this credential for the repository, within its life.
     pub fn granted(&self, route: &str, repo: &str, credential: &[u8]) -> bool {
-        let book = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        book.get(&grant_key(route, repo, credential))
-            .is_some_and(|until| Instant::now() < *until)
+        let key = self.book_key(Kind::Grant, route, repo, credential);
+        self.grants.get(&key).is_some()
     }
 
+    /// Remembers that the upstream accepted this credential for the repository, for as long
+    /// as the credential says it lives (a bearer token's `exp`), else `GRANT_TTL`, at most
+    /// `GRANT_MAX_TTL`. An expired token is not remembered.
     pub fn grant(&self, route: &str, repo: &str, credential: &[u8]) {
-        let mut book = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if book.len() > 100_000 {
-            book.retain(|_, until| *until > now);
+        let life = match crate::registry::auth::bearer_expiry(credential) {
+            Some(exp) => match exp.duration_since(SystemTime::now()) {
+                Ok(left) => left.min(GRANT_MAX_TTL),
+                Err(_) => return,
+            },
+            None => GRANT_TTL,
+        };
+        if life.is_zero() {
+            return;
         }
-        book.insert(grant_key(route, repo, credential), now + GRANT_TTL);
+        let key = self.book_key(Kind::Grant, route, repo, credential);
+        self.grants.insert(key, life);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+
+    fn jwt_expiring_in(secs: i64) -> String {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let payload = b64.encode(format!(r#"{{"sub":"u","exp":{}}}"#, now + secs));
+        format!("Bearer {}.{payload}.sig", b64.encode(r#"{"alg":"RS256"}"#))
+    }
 
     #[test]
     fn remembers_per_route_repo_and_credential() {
@@ -111,9 +188,66 @@ mod tests {
         book.verdict("docker", "library/a").set(true).unwrap();
         assert_eq!(book.is_public("docker", "library/a"), Some(true));
         assert_eq!(book.is_public("quay", "library/a"), None);
+        assert_eq!(book.is_public("docker", "library/b"), None);
         book.grant("docker", "acme/x", b"Bearer t1");
         assert!(book.granted("docker", "acme/x", b"Bearer t1"));
         assert!(!book.granted("docker", "acme/x", b"Bearer t2"));
         assert!(!book.granted("docker", "acme/y", b"Bearer t1"));
+        assert!(!book.granted("quay", "acme/x", b"Bearer t1"));
+        // Parts are length-prefixed: moving a byte from one part to the next is another key.
+        book.grant("a", "bc", b"x");
+        assert!(!book.granted("ab", "c", b"x"));
+    }
+
+    #[test]
+    fn verdicts_and_grants_expire() {
+        let book = AccessBook::with_lives(Duration::from_millis(50), Duration::from_millis(50));
+        book.verdict("docker", "library/a").set(true).unwrap();
+        book.remember("docker", "library/a", true);
+        assert_eq!(book.is_public("docker", "library/a"), Some(true));
+        assert_eq!(book.last_verdict("docker", "library/a"), Some(true));
+        std::thread::sleep(Duration::from_millis(120));
+        assert_eq!(
+            book.is_public("docker", "library/a"),
+            None,
+            "verdict outlived its TTL"
+        );
+        assert_eq!(book.last_verdict("docker", "library/a"), None);
+        assert!(
+            book.verdict("docker", "library/a").get().is_none(),
+            "a new, undecided cell"
+        );
+    }
+
+    #[test]
+    fn a_grant_lives_as_long_as_its_token() {
+        let book = AccessBook::default();
+        let short = jwt_expiring_in(1);
+        let expired = jwt_expiring_in(-5);
+        let long = jwt_expiring_in(7 * 24 * 3600);
+        for token in [&short, &expired, &long] {
+            book.grant("docker", "acme/x", token.as_bytes());
+        }
+        assert!(book.granted("docker", "acme/x", short.as_bytes()));
+        assert!(
+            !book.granted("docker", "acme/x", expired.as_bytes()),
+            "an expired token"
+        );
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(
+            !book.granted("docker", "acme/x", short.as_bytes()),
+            "outlived its exp"
+        );
+        assert!(book.granted("docker", "acme/x", long.as_bytes()));
+    }
+
+    #[test]
+    fn the_book_stays_bounded() {
+        let book = AccessBook::default();
+        for i in 0..(BOOK_CAPACITY + 20_000) {
+            book.grant("docker", "acme/x", format!("Bearer {i}").as_bytes());
+        }
+        book.grants.run_pending_tasks();
+        assert!(book.grants.entry_count() <= BOOK_CAPACITY);
     }
 }

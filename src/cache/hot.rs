@@ -25,6 +25,8 @@ pub(super) struct HotEntry {
     /// tenth of a manifest hit's CPU when it was done on every hit.
     header: ResponseHeader,
     pub body: Bytes,
+    /// The body generation this copy is of (the eviction manager's entry id).
+    pub generation: u64,
 }
 
 /// The stored form of a header-less 200, decoded beside the real internal meta on a hit
@@ -37,14 +39,29 @@ static BARE_HEADER: Lazy<Option<Vec<u8>>> = Lazy::new(|| {
 
 impl HotEntry {
     /// An entry from its stored meta, decoding the header once.
-    pub fn new(meta: (Vec<u8>, Vec<u8>), body: Bytes) -> Result<HotEntry> {
+    pub fn new(meta: (Vec<u8>, Vec<u8>), body: Bytes, generation: u64) -> Result<HotEntry> {
         let header = CacheMeta::deserialize(&meta.0, &meta.1)?.response_header_copy();
-        Ok(HotEntry { meta, header, body })
+        Ok(HotEntry {
+            meta,
+            header,
+            body,
+            generation,
+        })
     }
 
     /// An entry whose meta is at hand already decoded.
-    pub fn with_header(meta: (Vec<u8>, Vec<u8>), header: ResponseHeader, body: Bytes) -> Self {
-        HotEntry { meta, header, body }
+    pub fn with_header(
+        meta: (Vec<u8>, Vec<u8>),
+        header: ResponseHeader,
+        body: Bytes,
+        generation: u64,
+    ) -> Self {
+        HotEntry {
+            meta,
+            header,
+            body,
+            generation,
+        }
     }
 
     /// The entry's meta for one hit.
@@ -133,7 +150,7 @@ mod tests {
             .unwrap();
         let created = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let stored = CacheMeta::new(created + Duration::from_secs(600), created, 5, 7, header);
-        let entry = HotEntry::new(stored.serialize().unwrap(), Bytes::new()).unwrap();
+        let entry = HotEntry::new(stored.serialize().unwrap(), Bytes::new(), 1).unwrap();
         assert!(BARE_HEADER.is_some(), "the fast path is taken");
         let hit = entry.meta().unwrap();
         assert_eq!(hit.fresh_until(), stored.fresh_until());

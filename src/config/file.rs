@@ -108,6 +108,8 @@ pub struct CacheFile {
     pub stale_for: Option<String>,
     /// Larger objects are streamed to the client and not kept.
     pub max_object_size: Option<String>,
+    /// Most cold fills writing to disk at once.
+    pub max_fills: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

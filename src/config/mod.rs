@@ -79,6 +79,8 @@ pub struct CacheConfig {
     pub stale_for: Duration,
     /// Larger objects pass to the client uncached (at most `max_size`).
     pub max_object_size: u64,
+    /// Most cold fills writing to disk at once; more pass to their clients uncached.
+    pub max_fills: usize,
 }
 
 /// The validated runtime configuration.
@@ -351,7 +353,11 @@ impl Config {
                 crate::cache::policy::DEFAULT_STALE_FOR,
             )?,
             max_object_size: 0,
+            max_fills: c.max_fills.unwrap_or(256),
         };
+        if cache.max_fills == 0 {
+            return Err(invalid("cache.max_fills", "must be larger than 0"));
+        }
         // An object larger than the whole cache would be written and then evict everything,
         // itself included: never above max_size.
         let max_object_size = size(

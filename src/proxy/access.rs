@@ -267,11 +267,7 @@ impl Shared {
                 if probe.readable(resp.status.as_u16()) {
                     return Some(true);
                 }
-                let challenge = resp
-                    .headers
-                    .get(header::WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| Challenge::parse(v).ok());
+                let challenge = Challenge::from_headers(&resp.headers);
                 let Some(realm) = challenge.as_ref().and_then(UpstreamRealm::from_challenge) else {
                     return Some(false);
                 };

@@ -33,6 +33,8 @@ pub struct RequestCtx {
     pub download_slot: Option<crate::guard::DownloadSlot>,
     /// The route's own credentials go with this request (see `route_credentials_allowed`).
     pub route_credentials: bool,
+    /// This request's cold fill's place and disk reservation (`cache::admission`).
+    pub fill_permit: Option<crate::cache::admission::FillPermit>,
 }
 
 impl RequestCtx {
@@ -52,6 +54,7 @@ impl RequestCtx {
             client: None,
             download_slot: None,
             route_credentials: false,
+            fill_permit: None,
         }
     }
 

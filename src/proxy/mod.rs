@@ -370,7 +370,30 @@ impl ProxyHttp for Mirror {
             debug!(target: CACHE_LOG, "route {}: {status} not cached", ctx.route_name());
             return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache));
         };
-        let ttl = &self.shared.cache.ttl;
+        let cache = &self.shared.cache;
+        let length = resp
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        // Over max_object_size pingora bypasses the fill itself; nothing to reserve.
+        let mut permit = None;
+        if length.is_none_or(|l| l <= cache.max_object_size as u64) {
+            match cache.fills.admit(length) {
+                Ok(p) => permit = Some(p),
+                Err(refusal) => {
+                    METRICS
+                        .fills_refused
+                        .with_label_values(&[refusal.as_str()])
+                        .inc();
+                    warn!(
+                        "route {}: {path} served uncached: {refusal}",
+                        ctx.route_name()
+                    );
+                    return Ok(RespCacheable::Uncacheable(NoCacheReason::StorageError));
+                }
+            }
+        }
+        let ttl = &cache.ttl;
         let now = std::time::SystemTime::now();
         let stale_if_error = ttl.stale_if_error(path).as_secs() as u32;
         let mut stored = resp.clone();
@@ -395,6 +418,7 @@ impl ProxyHttp for Mirror {
             ctx.route_name(),
             ttl.fresh_for(path)
         );
+        ctx.fill_permit = permit;
         Ok(RespCacheable::Cacheable(meta))
     }
 

@@ -46,12 +46,7 @@ impl Mirror {
 
     /// Replaces an upstream's challenge with the mirror's own, learning the realm on the way.
     fn relay_challenge(&self, session: &Session, resp: &mut ResponseHeader, ctx: &RequestCtx) {
-        let Some(upstream) = resp
-            .headers
-            .get(header::WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| Challenge::parse(v).ok())
-        else {
+        let Some(upstream) = Challenge::from_headers(&resp.headers) else {
             return;
         };
         if let (Some(route), Some(realm)) = (&ctx.route, UpstreamRealm::from_challenge(&upstream)) {
@@ -178,11 +173,7 @@ impl Mirror {
                 Ok(())
             }
             HopKind::RealmDiscovery => {
-                let challenge = resp
-                    .headers
-                    .get(header::WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| Challenge::parse(v).ok());
+                let challenge = Challenge::from_headers(&resp.headers);
                 let realm = challenge.as_ref().and_then(UpstreamRealm::from_challenge);
                 let (Some(route), Some(realm), Some(plan::Target::Token { request, .. })) =
                     (ctx.route.clone(), realm, ctx.target.as_ref())

@@ -21,38 +21,91 @@ pub struct Challenge {
 pub struct ChallengeError;
 
 impl Challenge {
-    /// Parses one challenge (RFC 7235 auth-param list, quoted or token values).
+    /// The challenge to answer in a header value: its Bearer challenge when it offers
+    /// several (`Basic realm="x", Bearer realm="..."`), else the first.
     pub fn parse(header: &str) -> Result<Challenge, ChallengeError> {
-        let header = header.trim();
-        let (scheme, mut rest) = match header.split_once(char::is_whitespace) {
-            Some((s, r)) => (s, r.trim_start()),
-            None => (header, ""),
-        };
-        if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        let mut all = Challenge::parse_all(header)?;
+        let at = all.iter().position(Challenge::is_bearer).unwrap_or(0);
+        Ok(all.swap_remove(at))
+    }
+
+    /// The challenge to answer among a response's `WWW-Authenticate` headers: the first
+    /// Bearer challenge of any of them, else the first challenge; unreadable values are
+    /// passed over.
+    pub fn from_headers(headers: &http::HeaderMap) -> Option<Challenge> {
+        let mut first = None;
+        for value in headers.get_all(http::header::WWW_AUTHENTICATE) {
+            let Some(all) = value
+                .to_str()
+                .ok()
+                .and_then(|v| Challenge::parse_all(v).ok())
+            else {
+                continue;
+            };
+            for challenge in all {
+                if challenge.is_bearer() {
+                    return Some(challenge);
+                }
+                first.get_or_insert(challenge);
+            }
+        }
+        first
+    }
+
+    /// Parses a header value holding one or more challenges (RFC 7235 `1#challenge`, each an
+    /// auth-param list with quoted or token values; a new challenge follows a comma).
+    pub fn parse_all(header: &str) -> Result<Vec<Challenge>, ChallengeError> {
+        let mut challenges: Vec<Challenge> = Vec::new();
+        let mut rest = header.trim();
+        let mut after_comma = true;
+        if rest.is_empty() {
             return Err(ChallengeError);
         }
-        let mut params = Vec::new();
         while !rest.is_empty() {
-            let (key, after) = rest.split_once('=').ok_or(ChallengeError)?;
-            let key = key.trim();
-            if key.is_empty() || key.contains(char::is_whitespace) {
+            let end = rest.find(|c: char| !is_tchar(c)).unwrap_or(rest.len());
+            let (word, tail) = rest.split_at(end);
+            if word.is_empty() {
                 return Err(ChallengeError);
             }
-            let after = after.trim_start();
-            let (value, after) = if let Some(quoted) = after.strip_prefix('"') {
-                read_quoted(quoted)?
-            } else {
-                let end = after.find(',').unwrap_or(after.len());
-                (after[..end].trim().to_owned(), &after[end..])
+            let tail = tail.trim_start();
+            let param = tail.strip_prefix('=');
+            match (challenges.last_mut(), param) {
+                (Some(current), Some(value)) => {
+                    let value = value.trim_start();
+                    let (value, after) = if let Some(quoted) = value.strip_prefix('"') {
+                        read_quoted(quoted)?
+                    } else {
+                        let end = value.find(',').unwrap_or(value.len());
+                        (value[..end].trim().to_owned(), &value[end..])
+                    };
+                    current.params.push((word.to_ascii_lowercase(), value));
+                    rest = after.trim_start();
+                }
+                (_, None) if after_comma => {
+                    let spaced = end == rest.len() || rest[end..].starts_with([' ', '\t', ',']);
+                    if !spaced {
+                        return Err(ChallengeError);
+                    }
+                    challenges.push(Challenge {
+                        scheme: word.to_owned(),
+                        params: Vec::new(),
+                    });
+                    rest = tail;
+                }
+                _ => return Err(ChallengeError),
+            }
+            after_comma = match rest.strip_prefix(',') {
+                Some(r) => {
+                    rest = r.trim_start();
+                    true
+                }
+                None if rest.is_empty() => true,
+                // Parameters follow a scheme after whitespace; anything else needs a comma.
+                None if challenges.last().is_some_and(|c| c.params.is_empty()) => false,
+                None => return Err(ChallengeError),
             };
-            params.push((key.to_ascii_lowercase(), value));
-            rest = after.trim_start();
-            rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
         }
-        Ok(Challenge {
-            scheme: scheme.to_owned(),
-            params,
-        })
+        Ok(challenges)
     }
 
     pub fn is_bearer(&self) -> bool {
@@ -77,6 +130,11 @@ impl Challenge {
     pub fn scope(&self) -> Option<&str> {
         self.param("scope")
     }
+}
+
+/// An RFC 7230 `tchar`: what a scheme or parameter name is made of.
+fn is_tchar(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
 }
 
 /// Reads a quoted-string body (after the opening quote); returns the value and what follows.
@@ -186,6 +244,31 @@ impl fmt::Display for Scope {
     }
 }
 
+/// When a bearer credential expires, if it says: the `exp` claim of a JWT
+/// (`Authorization: Bearer <header>.<claims>.<signature>`), read without checking the
+/// signature (the upstream checked it; this only bounds how long its answer is remembered).
+pub fn bearer_expiry(credential: &[u8]) -> Option<std::time::SystemTime> {
+    use base64::Engine as _;
+    let value = std::str::from_utf8(credential).ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut parts = token.trim().split('.');
+    let (_, claims, _, None) = (parts.next()?, parts.next()?, parts.next()?, parts.next()) else {
+        return None;
+    };
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims.trim_end_matches('='))
+        .ok()?;
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        exp: Option<u64>,
+    }
+    let exp = serde_json::from_slice::<Claims>(&claims).ok()?.exp?;
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(exp))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +301,43 @@ mod tests {
     }
 
     #[test]
+    fn several_challenges_yield_the_bearer_one() {
+        let both = r#"Basic realm="Registry", Bearer realm="https://a/token",service="a",scope="repository:x:pull""#;
+        let all = Challenge::parse_all(both).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].scheme, "Basic");
+        assert_eq!(all[0].realm(), Some("Registry"));
+        let c = Challenge::parse(both).unwrap();
+        assert!(c.is_bearer());
+        assert_eq!(c.realm(), Some("https://a/token"));
+        assert_eq!(c.service(), Some("a"));
+        assert_eq!(c.scope(), Some("repository:x:pull"));
+        // A scheme without parameters, then the Bearer challenge.
+        let c = Challenge::parse(r#"Negotiate, Bearer realm="https://a/t""#).unwrap();
+        assert_eq!(c.realm(), Some("https://a/t"));
+        for bad in [
+            r#"Bearer realm="a" Basic realm="b""#,
+            r#"Bearer realm="a",, =x"#,
+            r#"Bearer realm="a", Basic realm"#,
+        ] {
+            assert!(Challenge::parse_all(bad).is_err(), "{bad:?} accepted");
+        }
+        // Several header lines: the Bearer one, wherever it is; a bad line is passed over.
+        let mut headers = http::HeaderMap::new();
+        for v in [
+            "Basic realm=\"x\"",
+            "Bearer realm=\"open",
+            "Bearer realm=\"https://b/t\"",
+        ] {
+            headers.append(http::header::WWW_AUTHENTICATE, v.parse().unwrap());
+        }
+        let c = Challenge::from_headers(&headers).unwrap();
+        assert_eq!(c.realm(), Some("https://b/t"));
+        headers.remove(http::header::WWW_AUTHENTICATE);
+        assert!(Challenge::from_headers(&headers).is_none());
+    }
+
+    #[test]
     fn rewrites_realm_keeps_service_and_scope() {
         let up = Challenge::parse(HUB).unwrap();
         let ours = rewrite_challenge(&up, "http://mirror:5000/v2/auth", |s| s.clone());
@@ -242,6 +362,33 @@ mod tests {
             rewrite_challenge(&basic, "http://m/v2/auth", |s| s.clone()),
             basic
         );
+    }
+
+    #[test]
+    fn bearer_expiry_reads_a_jwt_exp() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let jwt = |claims: &str| format!("Bearer {}.{}.sig", b64.encode("{}"), b64.encode(claims));
+        let at = |s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        assert_eq!(
+            bearer_expiry(jwt(r#"{"exp":1700000000}"#).as_bytes()),
+            Some(at(1700000000))
+        );
+        assert_eq!(bearer_expiry(jwt(r#"{"sub":"x"}"#).as_bytes()), None);
+        assert_eq!(bearer_expiry(jwt(r#"{"exp":"soon"}"#).as_bytes()), None);
+        assert_eq!(
+            bearer_expiry(jwt(&format!(r#"{{"exp":{}}}"#, u64::MAX)).as_bytes()),
+            None
+        );
+        for other in [
+            "Bearer opaque-token",
+            "Basic dXNlcjpwdw==",
+            "Bearer a.b",
+            "Bearer a.b.c.d",
+            "",
+        ] {
+            assert_eq!(bearer_expiry(other.as_bytes()), None, "{other}");
+        }
     }
 
     #[test]

@@ -27,12 +27,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use log::{debug, warn};
-use pingora::cache::eviction::CacheEntryKey;
+use pingora::cache::eviction::{CacheEntryId, CacheEntryKey, CacheEntryKeyRef, EvictionManager};
 use pingora::cache::key::{str2hex, CacheHashKey, CompactCacheKey, HashBinary};
 use pingora::cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
@@ -91,6 +91,13 @@ const HANDOFF_MAX_BYTES: usize = 64 << 20;
 /// cuts it before the end.
 const HELD_BACK: u64 = 1;
 
+/// A body no sidecar names is removed by the start-up scan only once it is this old: a live
+/// upgrade peer renames a body into place just before it writes the sidecar naming it.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(600);
+
+/// The eviction manager the storage tells when an entry turns out damaged.
+pub type Eviction = &'static (dyn EvictionManager + Sync + Send);
+
 /// A fill in progress, as lookups see it.
 struct Fill {
     id: u64,
@@ -117,13 +124,34 @@ pub struct DiskStorage {
     /// Bumped by every commit, between the entry becoming readable and its fill vanishing.
     commits: AtomicU64,
     hot: Mutex<HotSet>,
+    /// Held (on the blocking pool only) while a sidecar is replaced or removed, so a purge of
+    /// one generation never removes the sidecar a commit just put in its place.
+    sidecars: Mutex<()>,
+    eviction: once_cell::sync::OnceCell<Eviction>,
     pub stats: StorageStats,
 }
 
 /// One committed entry found by `scan`.
 pub struct ScannedEntry {
     pub key: CompactCacheKey,
+    pub generation: u64,
     pub size: usize,
+}
+
+impl ScannedEntry {
+    /// Its identity for the eviction manager.
+    pub fn entry_key(&self) -> CacheEntryKey {
+        CacheEntryKey::identified(self.key.clone(), CacheEntryId::new(self.generation))
+    }
+}
+
+/// What the start-up scan found.
+#[derive(Default)]
+pub struct Scan {
+    pub entries: Vec<ScannedEntry>,
+    /// Bodies no sidecar names, too young to remove yet (`ORPHAN_GRACE`): see
+    /// `remove_orphans`.
+    pub young_orphans: Vec<PathBuf>,
 }
 
 fn internal(context: &'static str, e: impl std::fmt::Display) -> Box<Error> {
@@ -156,8 +184,19 @@ impl DiskStorage {
             // Generations must not repeat across restarts: start from the clock.
             next_id: AtomicU64::new(now.as_nanos() as u64),
             commits: AtomicU64::new(0),
+            sidecars: Mutex::new(()),
+            eviction: once_cell::sync::OnceCell::new(),
             stats: StorageStats::default(),
         })
+    }
+
+    /// The eviction manager to tell when an entry turns out damaged (set once, at start).
+    pub fn set_eviction(&self, eviction: Eviction) {
+        let _ = self.eviction.set(eviction);
+    }
+
+    fn lock_sidecars(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.sidecars.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_hot(&self) -> std::sync::MutexGuard<'_, HotSet> {
@@ -181,38 +220,39 @@ impl DiskStorage {
             .join(format!("{hash}.{generation:016x}.body"))
     }
 
-    /// Reads a committed entry; a damaged one is deleted and reported as absent.
+    /// Reads a committed entry; a damaged one is deleted (and leaves the LRU) and reported
+    /// as absent. Blocking.
     fn read_committed(&self, hash: &str) -> Option<(Sidecar, File)> {
         let meta_path = self.meta_path(hash);
         let buf = std::fs::read(&meta_path).ok()?;
-        let damaged = |why: &str| {
-            warn!("cache entry {hash} is damaged ({why}): deleted");
-            self.stats.corrupt_entries.fetch_add(1, Ordering::Relaxed);
-            let _ = std::fs::remove_file(&meta_path);
-            self.remove_bodies(hash);
-            if let Some(bin) = str2hex(hash) {
-                self.lock_hot().remove(&bin);
-            }
+        let why = match Sidecar::decode(&buf) {
+            None => "unreadable sidecar",
+            Some(sidecar) => match File::open(self.body_path(hash, sidecar.generation)) {
+                Err(_) => "body missing",
+                Ok(body) => match body.metadata() {
+                    Ok(m) if m.len() == sidecar.body_len => return Some((sidecar, body)),
+                    _ => "body length differs",
+                },
+            },
         };
-        let Some(sidecar) = Sidecar::decode(&buf) else {
-            damaged("unreadable sidecar");
+        let _sidecars = self.lock_sidecars();
+        // A commit (this process's or an upgrade peer's) may have replaced the sidecar and
+        // removed the body the old one named: only the sidecar that was read is damaged.
+        if std::fs::read(&meta_path).ok().as_deref() != Some(&buf[..]) {
             return None;
-        };
-        let body_path = self.body_path(hash, sidecar.generation);
-        let body = match File::open(&body_path) {
-            Ok(f) => f,
-            Err(_) => {
-                damaged("body missing");
-                return None;
-            }
-        };
-        match body.metadata() {
-            Ok(m) if m.len() == sidecar.body_len => Some((sidecar, body)),
-            _ => {
-                damaged("body length differs");
-                None
-            }
         }
+        warn!("cache entry {hash} is damaged ({why}): deleted");
+        self.stats.corrupt_entries.fetch_add(1, Ordering::Relaxed);
+        let _ = std::fs::remove_file(&meta_path);
+        self.remove_bodies(hash);
+        if let Some(bin) = str2hex(hash) {
+            self.lock_hot().remove(&bin);
+        }
+        if let (Some(sidecar), Some(eviction)) = (Sidecar::decode(&buf), self.eviction.get()) {
+            let id = CacheEntryId::new(sidecar.generation);
+            eviction.remove(CacheEntryKeyRef::from_entry_id(&sidecar.key, Some(id)));
+        }
+        None
     }
 
     /// Removes a committed entry (blocking; start-up eviction).
@@ -239,10 +279,13 @@ impl DiskStorage {
         }
     }
 
-    /// Every committed entry, for the eviction manager at start; removes what no sidecar names
-    /// and part files whose process is gone (a running upgrade peer's fills are kept).
-    pub fn scan(&self) -> std::io::Result<Vec<ScannedEntry>> {
+    /// Every committed entry, for the eviction manager at start. Removes part files whose
+    /// process is gone and bodies no sidecar names, never what a running upgrade peer is
+    /// writing or committing: its part files are kept while it lives, and an unnamed body
+    /// younger than `ORPHAN_GRACE` is only listed, for `remove_orphans` to look at later.
+    pub fn scan(&self) -> std::io::Result<Scan> {
         let mut found = Vec::new();
+        let mut young_orphans = Vec::new();
         for shard in std::fs::read_dir(&self.objects)? {
             let shard = shard?.path();
             let mut named = HashMap::new();
@@ -259,6 +302,7 @@ impl DiskStorage {
                         named.insert(self.body_path(hash, sidecar.generation), ());
                         found.push(ScannedEntry {
                             key: sidecar.key,
+                            generation: sidecar.generation,
                             size: sidecar.body_len as usize,
                         });
                     }
@@ -267,9 +311,18 @@ impl DiskStorage {
                 }
             }
             for body in bodies {
-                if !named.contains_key(&body) {
+                if named.contains_key(&body) {
+                    continue;
+                }
+                let age = std::fs::metadata(&body)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok());
+                if age.is_some_and(|a| a >= ORPHAN_GRACE) {
                     debug!("removing orphan body {}", body.display());
                     let _ = std::fs::remove_file(&body);
+                } else {
+                    young_orphans.push(body);
                 }
             }
         }
@@ -286,7 +339,35 @@ impl DiskStorage {
                 let _ = std::fs::remove_file(&path);
             }
         }
-        Ok(found)
+        Ok(Scan {
+            entries: found,
+            young_orphans,
+        })
+    }
+
+    /// Removes the bodies among `candidates` that no sidecar names now (blocking; run once
+    /// `ORPHAN_GRACE` has passed since the scan that listed them). Returns how many went.
+    pub fn remove_orphans(&self, candidates: &[PathBuf]) -> usize {
+        let mut removed = 0;
+        for body in candidates {
+            let Some(hash) = body
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.split('.').next())
+            else {
+                continue;
+            };
+            let _sidecars = self.lock_sidecars();
+            let named = std::fs::read(self.meta_path(hash))
+                .ok()
+                .and_then(|b| Sidecar::decode(&b))
+                .is_some_and(|s| self.body_path(hash, s.generation) == *body);
+            if !named && std::fs::remove_file(body).is_ok() {
+                debug!("removed orphan body {}", body.display());
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// A reader of the fill in progress for `bin`, if there is one.
@@ -314,6 +395,7 @@ impl DiskStorage {
                 body: entry.body.clone(),
                 pos: 0,
                 end,
+                generation: entry.generation,
             };
             return Ok(Some((meta, Box::new(hit))));
         }
@@ -344,13 +426,17 @@ impl DiskStorage {
         };
         if let Some(body) = body {
             let end = body.len();
-            let entry =
-                HotEntry::with_header(sidecar.meta, meta.response_header_copy(), body.clone());
+            let generation = sidecar.generation;
+            let header = meta.response_header_copy();
+            let entry = HotEntry::with_header(sidecar.meta, header, body.clone(), generation);
             self.lock_hot().fill(bin, entry, seen);
-            return Ok(Some((
-                meta,
-                Box::new(DiskHit::Memory { body, pos: 0, end }),
-            )));
+            let hit = DiskHit::Memory {
+                body,
+                pos: 0,
+                end,
+                generation,
+            };
+            return Ok(Some((meta, Box::new(hit))));
         }
         let len = sidecar.body_len;
         let hit = DiskHit::Complete {
@@ -358,6 +444,7 @@ impl DiskStorage {
             len,
             pos: 0,
             end: len,
+            generation: sidecar.generation,
         };
         Ok(Some((meta, Box::new(hit))))
     }
@@ -385,20 +472,28 @@ impl DiskStorage {
             pos: 0,
             end: None,
             handoff,
+            generation: fill.id,
         };
         Ok((meta, Box::new(hit)))
     }
 }
 
-/// A cache hit: a committed body, or a fill in progress that is tailed.
+/// A cache hit: a committed body, or a fill in progress that is tailed. Each knows its
+/// body generation, the entry's identity for the eviction manager.
 enum DiskHit {
     /// A small entry served from memory.
-    Memory { body: Bytes, pos: usize, end: usize },
+    Memory {
+        body: Bytes,
+        pos: usize,
+        end: usize,
+        generation: u64,
+    },
     Complete {
         file: Arc<File>,
         len: u64,
         pos: u64,
         end: u64,
+        generation: u64,
     },
     Partial {
         file: Arc<File>,
@@ -408,6 +503,8 @@ enum DiskHit {
         end: Option<u64>,
         /// The filling request's own reader: where the body continues if the disk refuses.
         handoff: Option<HandoffReader>,
+        /// The fill's id, its generation once committed.
+        generation: u64,
     },
 }
 
@@ -498,7 +595,7 @@ async fn read_chunk(file: &Arc<File>, pos: u64, len: usize) -> Result<Bytes> {
 impl HandleHit for DiskHit {
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
         match self {
-            DiskHit::Memory { body, pos, end } => {
+            DiskHit::Memory { body, pos, end, .. } => {
                 if *pos >= *end {
                     return Ok(None);
                 }
@@ -521,6 +618,7 @@ impl HandleHit for DiskHit {
                 pos,
                 end,
                 handoff,
+                ..
             } => loop {
                 if let Some(h) = handoff.as_mut().filter(|h| h.started) {
                     return h.read(pos, *end).await;
@@ -587,6 +685,7 @@ impl HandleHit for DiskHit {
                 body,
                 pos,
                 end: stop,
+                ..
             } => {
                 if start >= body.len() {
                     return Error::e_explain(
@@ -632,6 +731,13 @@ impl HandleHit for DiskHit {
             DiskHit::Complete { len, .. } => *len as usize,
             DiskHit::Partial { .. } => 0,
         }
+    }
+
+    fn entry_id(&self) -> Option<CacheEntryId> {
+        let (DiskHit::Memory { generation, .. }
+        | DiskHit::Complete { generation, .. }
+        | DiskHit::Partial { generation, .. }) = self;
+        Some(CacheEntryId::new(*generation))
     }
 
     fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
@@ -829,9 +935,6 @@ impl HandleMiss for DiskMiss {
             file.sync_data()?;
             let dir = storage.dir_for(&hash);
             std::fs::create_dir_all(&dir)?;
-            let previous = std::fs::read(storage.meta_path(&hash))
-                .ok()
-                .and_then(|b| Sidecar::decode(&b));
             std::fs::rename(&part, storage.body_path(&hash, generation))?;
             let meta_tmp = storage.tmp.join(format!(
                 "{hash}.{}.{generation:016x}.meta",
@@ -840,11 +943,17 @@ impl HandleMiss for DiskMiss {
             let mut m = File::create(&meta_tmp)?;
             m.write_all(&sidecar.encode())?;
             m.sync_data()?;
-            std::fs::rename(&meta_tmp, storage.meta_path(&hash))?;
-            File::open(&dir)?.sync_all()?;
-            if let Some(old) = previous.filter(|p| p.generation != generation) {
-                let _ = std::fs::remove_file(storage.body_path(&hash, old.generation));
+            {
+                let _sidecars = storage.lock_sidecars();
+                let previous = std::fs::read(storage.meta_path(&hash))
+                    .ok()
+                    .and_then(|b| Sidecar::decode(&b));
+                std::fs::rename(&meta_tmp, storage.meta_path(&hash))?;
+                if let Some(old) = previous.filter(|p| p.generation != generation) {
+                    let _ = std::fs::remove_file(storage.body_path(&hash, old.generation));
+                }
             }
+            File::open(&dir)?.sync_all()?;
             Ok(())
         })
         .await?;
@@ -853,10 +962,9 @@ impl HandleMiss for DiskMiss {
             return Err(internal("cache commit failed", e));
         }
         self.committed = true;
-        let hot = self
-            .small
-            .take()
-            .and_then(|body| HotEntry::new(std::mem::take(&mut self.meta), Bytes::from(body)).ok());
+        let hot = self.small.take().and_then(|body| {
+            HotEntry::new(std::mem::take(&mut self.meta), Bytes::from(body), self.id).ok()
+        });
         match hot {
             Some(entry) => self.storage.lock_hot().insert(self.bin, entry),
             None => self.storage.lock_hot().remove(&self.bin),
@@ -878,6 +986,11 @@ impl HandleMiss for DiskMiss {
 
     fn streaming_write_tag(&self) -> Option<&[u8]> {
         Some(&self.id_bytes)
+    }
+
+    fn entry_id(&self) -> Option<CacheEntryId> {
+        // The fill's id is the generation its commit names.
+        Some(CacheEntryId::new(self.id))
     }
 }
 
@@ -1011,27 +1124,43 @@ impl Storage for DiskStorage {
         _: PurgeType,
         _: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        if matches!(target, PurgeTarget::Exact(CacheEntryKey::Identified { .. })) {
-            return Ok(PurgeOutcome::NotFound);
-        }
+        // An exact target names one generation (an eviction decided earlier): the entry is
+        // removed only if that generation is still the one committed, never a re-fill that
+        // replaced it since. Any other target removes what is committed now.
+        let only = match target {
+            PurgeTarget::Exact(CacheEntryKey::Identified { id, .. }) => Some(id.get()),
+            _ => None,
+        };
         let bin = target.key().combined_bin();
         let hash = hex::encode(bin);
-        self.lock_hot().remove(&bin);
         let removed = blocking(move || {
-            let sidecar = std::fs::read(self.meta_path(&hash))
+            let _sidecars = self.lock_sidecars();
+            let generation = std::fs::read(self.meta_path(&hash))
                 .ok()
-                .and_then(|b| Sidecar::decode(&b));
-            let gone = std::fs::remove_file(self.meta_path(&hash)).is_ok();
-            if let Some(s) = sidecar {
-                let _ = std::fs::remove_file(self.body_path(&hash, s.generation));
+                .and_then(|b| Sidecar::decode(&b))
+                .map(|s| s.generation);
+            if only.is_some_and(|id| generation != Some(id)) {
+                return None;
             }
-            gone
+            {
+                let mut hot = self.lock_hot();
+                if only.is_none_or(|id| hot.entries.get(&bin).is_some_and(|e| e.generation == id)) {
+                    hot.remove(&bin);
+                }
+            }
+            let gone = std::fs::remove_file(self.meta_path(&hash)).is_ok();
+            match generation {
+                Some(g) => {
+                    let _ = std::fs::remove_file(self.body_path(&hash, g));
+                }
+                None => self.remove_bodies(&hash),
+            }
+            gone.then_some(generation)
         })
         .await?;
-        Ok(if removed {
-            PurgeOutcome::Purged(None)
-        } else {
-            PurgeOutcome::NotFound
+        Ok(match removed {
+            Some(generation) => PurgeOutcome::Purged(generation.map(CacheEntryId::new)),
+            None => PurgeOutcome::NotFound,
         })
     }
 
@@ -1057,11 +1186,28 @@ impl Storage for DiskStorage {
             let mut f = File::create(&tmp)?;
             f.write_all(&sidecar.encode())?;
             f.sync_data()?;
+            let _sidecars = self.lock_sidecars();
+            // Only over the generation that was read: a purge or a new commit since wins.
+            let current = std::fs::read(self.meta_path(&hash))
+                .ok()
+                .and_then(|b| Sidecar::decode(&b))
+                .map(|s| s.generation);
+            if current != Some(sidecar.generation) {
+                let _ = std::fs::remove_file(&tmp);
+                return Ok(false);
+            }
             std::fs::rename(&tmp, self.meta_path(&hash))?;
             let mut hot = self.lock_hot();
             if let Some(entry) = hot.entries.get(&bin).cloned() {
-                let refreshed = HotEntry::with_header(sidecar.meta, header, entry.body.clone());
-                hot.insert(bin, refreshed);
+                if entry.generation == sidecar.generation {
+                    let refreshed = HotEntry::with_header(
+                        sidecar.meta,
+                        header,
+                        entry.body.clone(),
+                        sidecar.generation,
+                    );
+                    hot.insert(bin, refreshed);
+                }
             }
             Ok(true)
         })

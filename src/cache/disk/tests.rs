@@ -5,6 +5,7 @@ use std::time::Duration;
 use pingora::http::ResponseHeader;
 use sha2::Digest as _;
 
+use super::super::sidecar::Sidecar;
 use super::*;
 
 fn storage() -> (&'static DiskStorage, tempfile::TempDir) {
@@ -112,6 +113,7 @@ async fn write_finish_lookup_read_seek_purge() {
     );
 
     let target = key.to_compact();
+    let current = generation_of(s, &key).await;
     assert_eq!(
         s.purge(
             PurgeTarget::Active(&target),
@@ -120,10 +122,90 @@ async fn write_finish_lookup_read_seek_purge() {
         )
         .await
         .unwrap(),
-        PurgeOutcome::Purged(None)
+        PurgeOutcome::Purged(Some(current))
     );
     assert!(s.lookup(&key, &span()).await.unwrap().is_none());
     assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
+}
+
+/// Fills `key` with `body` and returns the generation (entry id) committed.
+async fn fill(s: &'static DiskStorage, key: &CacheKey, body: &'static [u8]) -> CacheEntryId {
+    let mut miss = s.get_miss_handler(key, &meta(None), &span()).await.unwrap();
+    let id = miss.entry_id().unwrap();
+    miss.write_body(Bytes::from_static(body), true)
+        .await
+        .unwrap();
+    miss.finish().await.unwrap();
+    id
+}
+
+/// The generation a hit on `key` reports.
+async fn generation_of(s: &'static DiskStorage, key: &CacheKey) -> CacheEntryId {
+    let (_, hit) = s.lookup(key, &span()).await.unwrap().unwrap();
+    hit.entry_id().unwrap()
+}
+
+#[tokio::test]
+async fn a_late_purge_of_an_old_generation_leaves_the_new_one() {
+    let (s, dir) = storage();
+    let key = CacheKey::new("blob-g", "docker");
+    let old = fill(s, &key, b"old").await;
+    // Evicted (pingora decided to purge `old`) while a re-fill committed a new generation.
+    let new = fill(s, &key, b"new").await;
+    assert_ne!(old, new);
+    assert_eq!(
+        generation_of(s, &key).await,
+        new,
+        "hits name their generation"
+    );
+    let stale = CacheEntryKey::identified(key.to_compact(), old);
+    let outcome = s
+        .purge(PurgeTarget::Exact(&stale), PurgeType::Eviction, &span())
+        .await
+        .unwrap();
+    assert_eq!(outcome, PurgeOutcome::NotFound);
+    let (_, mut hit) = s.lookup(&key, &span()).await.unwrap().unwrap();
+    assert_eq!(
+        read_all(&mut hit).await,
+        b"new",
+        "the new generation was purged"
+    );
+    // Read from disk too, not only the hot set.
+    let restarted: &'static DiskStorage =
+        Box::leak(Box::new(DiskStorage::open(dir.path()).unwrap()));
+    let (_, mut hit) = restarted.lookup(&key, &span()).await.unwrap().unwrap();
+    assert_eq!(read_all(&mut hit).await, b"new");
+    // The current generation, named exactly, goes.
+    let current = CacheEntryKey::identified(key.to_compact(), new);
+    let outcome = s
+        .purge(PurgeTarget::Exact(&current), PurgeType::Eviction, &span())
+        .await
+        .unwrap();
+    assert_eq!(outcome, PurgeOutcome::Purged(Some(new)));
+    assert!(s.lookup(&key, &span()).await.unwrap().is_none());
+    assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
+}
+
+#[tokio::test]
+async fn a_damaged_entry_leaves_the_lru() {
+    use pingora::cache::eviction::lru::Manager;
+    let (s, dir) = storage();
+    let lru: &'static Manager<1> = Box::leak(Box::new(Manager::with_capacity(1 << 20, 16)));
+    s.set_eviction(lru);
+    let key = CacheKey::new("blob-h", "docker");
+    let id = fill(s, &key, b"hello").await;
+    let entry = CacheEntryKey::identified(key.to_compact(), id);
+    lru.admit(entry.clone(), 5, SystemTime::now());
+    assert!(lru.peek(&entry));
+    let body = walk(dir.path())
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".body"))
+        .unwrap();
+    std::fs::write(&body, b"junk, longer").unwrap();
+    s.lock_hot().remove(&key.combined_bin());
+    assert!(s.lookup(&key, &span()).await.unwrap().is_none());
+    assert!(!lru.peek(&entry), "the damaged entry is still in the LRU");
+    assert_eq!((lru.total_items(), lru.total_size()), (0, 0));
 }
 
 #[tokio::test]
@@ -295,12 +377,47 @@ async fn scan_finds_entries_and_sweeps_leftovers() {
         b"orphan",
     )
     .unwrap();
+    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    File::options()
+        .write(true)
+        .open(shard.with_file_name("ffff.0000000000000001.body"))
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
     std::fs::write(dir.path().join("v1/tmp/abcd.4000000000.1.part"), b"dead").unwrap();
+    // A fresh unnamed body may be a live upgrade peer's commit between its body rename and
+    // its sidecar: one that will stay unnamed, and one the peer's sidecar then names.
+    let young = shard.with_file_name("eeee.0000000000000002.body");
+    std::fs::write(&young, b"young orphan").unwrap();
+    let hash = hex::encode(key.combined_bin());
+    let committed = Sidecar::decode(&std::fs::read(&shard).unwrap()).unwrap();
+    let peers = shard.with_file_name(format!("{hash}.{:016x}.body", committed.generation + 1));
+    std::fs::write(&peers, b"fresh").unwrap();
     let found = s.scan().unwrap();
-    assert_eq!(found.len(), 1);
-    assert_eq!(found[0].key, key.to_compact());
-    assert_eq!(found[0].size, 4);
-    assert_eq!(files(dir.path()).len(), 2, "{:?}", files(dir.path()));
+    assert_eq!(found.entries.len(), 1);
+    assert_eq!(found.entries[0].key, key.to_compact());
+    assert_eq!(found.entries[0].generation, committed.generation);
+    assert_eq!(found.entries[0].size, 4);
+    let mut listed = found.young_orphans.clone();
+    listed.sort();
+    let mut expected = vec![young.clone(), peers.clone()];
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert_eq!(files(dir.path()).len(), 4, "{:?}", files(dir.path()));
+    // The peer's sidecar lands; the grace passes.
+    let landed = Sidecar {
+        generation: committed.generation + 1,
+        body_len: 5,
+        ..committed
+    };
+    std::fs::write(&shard, landed.encode()).unwrap();
+    assert_eq!(s.remove_orphans(&found.young_orphans), 1);
+    assert!(!young.exists());
+    assert!(peers.exists(), "the peer's committed body was removed");
+    let restarted: &'static DiskStorage =
+        Box::leak(Box::new(DiskStorage::open(dir.path()).unwrap()));
+    let (_, mut hit) = restarted.lookup(&key, &span()).await.unwrap().unwrap();
+    assert_eq!(read_all(&mut hit).await, b"fresh");
 }
 
 #[tokio::test]
