@@ -184,3 +184,69 @@ async fn public_route_serves_cached_content_to_anyone() {
         "a public route's hit asked the upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_that_turns_private_closes_once_its_verdict_expires() {
+    let hub = Hub::start().await;
+    let blob = hub.add_blob(b"turning cfg".to_vec());
+    let manifest = hub.add_manifest("library/turning", "v1", &blob);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let mirror = Mirror::start(&format!(
+        "cache: {{ dir: \"{}\", verdict_ttl: 1s }}\n{}",
+        cache.display(),
+        config(&hub, &password_file(&dir), "", free_port())
+    ));
+    let c = common::client(&[], mirror.addr());
+    let scope = "repository:library/turning:pull";
+    let url = mirror.url("/v2/library/turning/manifests/v1");
+    let anonymous_pull = || async {
+        let r = hub::token_via(&c, &mirror.url("/v2/auth"), scope, None).await;
+        let tok: serde_json::Value = r.json().await.unwrap();
+        let tok = tok["token"].as_str().unwrap().to_owned();
+        c.get(&url).bearer_auth(&tok).send().await.unwrap()
+    };
+    // Public: fetched with the route's credentials (so kept as private content) and served
+    // from cache to the next anonymous client.
+    let r = anonymous_pull().await;
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["x-cache-status"].to_str().unwrap()
+        ),
+        (200, "miss")
+    );
+    assert!(realm_saw_basic(&hub, "library/turning"));
+    let r = anonymous_pull().await;
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers()["x-cache-status"].to_str().unwrap()
+        ),
+        (200, "hit")
+    );
+
+    hub.set_private("library/turning", true);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // The verdict expired: asked again, the repository is private now. The route's
+    // credentials stay out and the cached copy is not served to anonymous clients.
+    let r = anonymous_pull().await;
+    assert!(
+        !realm_saw_basic(&hub, "library/turning"),
+        "route credentials used for a private repository"
+    );
+    assert_eq!(r.status(), 401);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // The account's own credentials still read it.
+    let r = hub::token_via(&c, &mirror.url("/v2/auth"), scope, Some((USER, PASSWORD))).await;
+    let tok: serde_json::Value = r.json().await.unwrap();
+    let r = c
+        .get(&url)
+        .bearer_auth(tok["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), manifest.body);
+}

@@ -126,3 +126,33 @@ async fn relative_location_and_loops() {
     );
     assert_eq!(hub.count(CDN), 3);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_hops_above_pingoras_retries_is_honoured() {
+    let hub = Hub::start().await;
+    // Pingora's retry budget is smaller than the hop limit: the limit still decides.
+    let config = format!(
+        "default_route: docker\nredirects: {{ max_hops: 20 }}\n{}",
+        hub.mirror_config()
+    );
+    let mirror = Mirror::start_tuned("max_retries: 2", &config);
+    let c = common::client(&[], mirror.addr());
+    let tok = hub::pull_token(&c, &mirror, "library/loop", None).await;
+    let zero = format!("sha256:{}", "0".repeat(64));
+    let r = c
+        .get(mirror.url(&format!("/v2/loop/blobs/{zero}")))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 20"),
+        "{body}"
+    );
+    assert_eq!(hub.count(CDN), 20);
+}

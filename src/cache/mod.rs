@@ -115,7 +115,7 @@ impl Cache {
                 tag_ttl: config.tag_ttl,
                 stale_for: config.stale_for,
             },
-            access: access::AccessBook::default(),
+            access: access::AccessBook::with_lives(config.verdict_ttl, config.stale_for),
             fills: admission::FillGate::new(config.dir.clone(), config.max_fills),
             index_dir,
             young_orphans: Mutex::new(scan.young_orphans),
@@ -246,6 +246,7 @@ mod tests {
             stale_for: Duration::from_secs(60),
             max_object_size: max_size,
             max_fills: 16,
+            verdict_ttl: Duration::from_secs(60),
         }
     }
 

@@ -110,6 +110,8 @@ pub struct CacheFile {
     pub max_object_size: Option<String>,
     /// Most cold fills writing to disk at once.
     pub max_fills: Option<usize>,
+    /// How long a repository's public/private verdict is trusted.
+    pub verdict_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -69,6 +69,10 @@ pub struct UpstreamConfig {
     pub dns_ttl: Duration,
 }
 
+/// Re-dispatches a request may take besides its redirect hops (realm discovery, the token
+/// hop, a connection retry).
+const REDISPATCHES_BESIDE_HOPS: usize = 4;
+
 /// Disk cache settings.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -81,6 +85,8 @@ pub struct CacheConfig {
     pub max_object_size: u64,
     /// Most cold fills writing to disk at once; more pass to their clients uncached.
     pub max_fills: usize,
+    /// How long a repository's public/private verdict is trusted.
+    pub verdict_ttl: Duration,
 }
 
 /// The validated runtime configuration.
@@ -354,6 +360,11 @@ impl Config {
             )?,
             max_object_size: 0,
             max_fills: c.max_fills.unwrap_or(256),
+            verdict_ttl: duration(
+                "cache.verdict_ttl",
+                c.verdict_ttl.as_ref(),
+                crate::cache::access::VERDICT_TTL,
+            )?,
         };
         if cache.max_fills == 0 {
             return Err(invalid("cache.max_fills", "must be larger than 0"));
@@ -385,10 +396,15 @@ impl Config {
             }
         };
 
-        let server = file.pingora.validate().map_err(|e| invalid("pingora", e))?;
+        let mut server = file.pingora.validate().map_err(|e| invalid("pingora", e))?;
         if server.threads == 0 {
             return Err(invalid("pingora.threads", "must be at least 1"));
         }
+        // Every followed redirect, and the token realm's discovery, is one of Pingora's
+        // retries of the request: too few and a long chain ends in Pingora's error instead of
+        // the mirror's "more than max_hops redirects".
+        let needed = usize::from(redirects.max_hops) + REDISPATCHES_BESIDE_HOPS;
+        server.max_retries = server.max_retries.max(needed);
 
         let admin_listen = match file.admin.as_ref().and_then(|a| a.listen.as_ref()) {
             None => None,
@@ -633,6 +649,12 @@ mod tests {
         assert_eq!(c.cache.tag_ttl, Duration::from_secs(600));
         assert_eq!(c.cache.max_size, 50 << 30);
         assert_eq!(c.redirects.max_hops, 5);
+        assert_eq!(c.server.max_retries, 16, "Pingora's default covers 5 hops");
+        let long = parse("redirects: { max_hops: 40 }\npingora: { max_retries: 3 }\n").unwrap();
+        assert_eq!(
+            long.server.max_retries, 44,
+            "every hop is one of Pingora's retries"
+        );
         assert!(!c.server.work_stealing, "pullthrough's default");
         let c = parse("pingora: { threads: 2, work_stealing: true }").unwrap();
         assert!(c.server.work_stealing, "the file's choice");

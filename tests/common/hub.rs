@@ -56,6 +56,8 @@ struct Inner {
     realm: Option<String>,
     /// Wrong bytes served for a digest (a poisoned upstream).
     poisoned: HashMap<String, Vec<u8>>,
+    /// Repositories made private besides `PRIVATE_REPO` (`set_private`).
+    private: std::collections::HashSet<String>,
     /// Blobs whose second half waits for the gate to open.
     gated: HashMap<String, Arc<tokio::sync::Semaphore>>,
     /// Tokens issued so far: each token is new, as Docker Hub's JWTs are.
@@ -171,6 +173,16 @@ impl Hub {
     }
 
     /// Serves `wrong` where the blob `digest` should be.
+    /// Makes `repo` readable only with the account's credentials (or anyone's again).
+    pub fn set_private(&self, repo: &str, private: bool) {
+        let mut inner = self.lock();
+        if private {
+            inner.private.insert(repo.to_owned());
+        } else {
+            inner.private.remove(repo);
+        }
+    }
+
     pub fn poison(&self, digest: &str, wrong: Vec<u8>) {
         self.lock().poisoned.insert(digest.to_owned(), wrong);
     }
@@ -439,7 +451,8 @@ async fn auth(State(hub): State<Hub>, req: Request) -> Response {
         for scope in v.split(' ') {
             let parts: Vec<&str> = scope.split(':').collect();
             if let [_, name, _] = parts.as_slice() {
-                if *name != PRIVATE_REPO || authenticated {
+                let private = *name == PRIVATE_REPO || hub.lock().private.contains(*name);
+                if !private || authenticated {
                     repos.push(name.to_string());
                 }
             }

@@ -49,6 +49,21 @@ impl Mirror {
     /// Starts the mirror with exactly this listen section in `yaml`; `port` is where to wait.
     /// Without a `cache:` section in `yaml`, the cache lives in the mirror's own directory.
     pub fn start_on(port: u16, yaml: &str) -> Mirror {
+        Self::launch(port, "", yaml)
+    }
+
+    /// Starts the mirror like `start`, with `pingora` (`key: value, ...`) added to the
+    /// `pingora:` section.
+    pub fn start_tuned(pingora: &str, yaml: &str) -> Mirror {
+        let port = free_port();
+        Self::launch(
+            port,
+            &format!(", {pingora}"),
+            &format!("listen: [\"127.0.0.1:{port}\"]\n{yaml}"),
+        )
+    }
+
+    fn launch(port: u16, pingora: &str, yaml: &str) -> Mirror {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().display();
         let cache = if yaml.contains("\ncache:") || yaml.starts_with("cache:") {
@@ -57,7 +72,7 @@ impl Mirror {
             format!("cache: {{ dir: \"{d}/cache\" }}\n")
         };
         let config = format!(
-            "pingora: {{ threads: 2, pid_file: \"{d}/pid\", upgrade_sock: \"{d}/upgrade.sock\", grace_period_seconds: 1, graceful_shutdown_timeout_seconds: 1 }}\n\
+            "pingora: {{ threads: 2, pid_file: \"{d}/pid\", upgrade_sock: \"{d}/upgrade.sock\", grace_period_seconds: 1, graceful_shutdown_timeout_seconds: 1{pingora} }}\n\
              {cache}{yaml}"
         );
         let conf = dir.path().join("pullthrough.yaml");
