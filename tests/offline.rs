@@ -108,6 +108,50 @@ async fn a_warm_pull_goes_on_while_the_registry_and_then_its_realm_are_down() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_upstream_costs_one_timeout_for_a_stale_tag() {
+    let w =
+        warm("cache: { tag_ttl: 1s }\nupstream: { connect_timeout: 1s, read_timeout: 1s }\n").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let tok = hub::pull_token(&w.c, &w.mirror, "library/app", None).await;
+    // The registry now takes connections and never answers.
+    w.hub.set_hanging(true);
+    let heads_before = w.hub.count_method(REGISTRY, "HEAD", "/manifests/");
+    let started = std::time::Instant::now();
+    let read_all = |n: usize| {
+        let readers: Vec<_> = (0..n)
+            .map(|_| {
+                let (c, url, tok) = (w.c.clone(), w.mirror.url(&w.paths[0]), tok.clone());
+                tokio::spawn(async move {
+                    let r = c.get(url).bearer_auth(tok).send().await.unwrap();
+                    (r.status().as_u16(), cache_status(&r))
+                })
+            })
+            .collect::<Vec<_>>();
+        async move {
+            for r in readers {
+                assert_eq!(r.await.unwrap(), (200, "stale".to_owned()));
+            }
+        }
+    };
+    // 20 readers together: one HEAD waits out the deadline, all are served stale.
+    read_all(20).await;
+    let first = started.elapsed();
+    // 20 more: the outage is remembered, nobody waits and nothing more is sent.
+    let again = std::time::Instant::now();
+    read_all(20).await;
+    eprintln!(
+        "stale answers: first 20 readers {first:?} (one side-request deadline), next 20 {:?}",
+        again.elapsed()
+    );
+    assert_eq!(
+        w.hub.count_method(REGISTRY, "HEAD", "/manifests/") - heads_before,
+        1,
+        "40 readers of a stale tag with a hanging upstream sent more than one HEAD"
+    );
+    w.hub.set_hanging(false);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_stale_tag_is_served_while_down_checked_once_and_not_past_stale_for() {
     let w = warm("cache: { tag_ttl: 1s, stale_for: 3s }\n").await;
     tokio::time::sleep(Duration::from_millis(1200)).await;

@@ -17,7 +17,8 @@ fuzz_target!(|input: (u32, &[u8])| {
     };
     req.insert_header(http::header::RANGE, value).unwrap();
     let mut resp = ResponseHeader::build(200, None).unwrap();
-    resp.insert_header(http::header::CONTENT_LENGTH, length).unwrap();
+    resp.insert_header(http::header::CONTENT_LENGTH, length)
+        .unwrap();
     match range_header_filter(&req, &mut resp, Some(16)) {
         RangeType::Single(r) => assert!(r.start < r.end && r.end <= length, "{r:?} of {length}"),
         RangeType::Multi(m) => {

@@ -163,12 +163,14 @@ impl Shared {
     ) -> bool {
         let book = &self.cache.access;
         let verdict = book.verdict(&route.name, repo);
+        // One deadline for the whole probe (a registry HEAD, a token, the HEAD again), as long
+        // as one side request's: readers wait on it.
+        let limit = self.upstream.connect_timeout + self.upstream.read_timeout;
         let decided = verdict
             .get_or_try_init(|| async {
-                let public = self
-                    .probe_anonymously(route, path, repo, probe)
-                    .await
-                    .ok_or(Unreachable)?;
+                let probed =
+                    tokio::time::timeout(limit, self.probe_anonymously(route, path, repo, probe));
+                let public = probed.await.ok().flatten().ok_or(Unreachable)?;
                 debug!(target: super::CACHE_LOG,
                     "route {}: {repo} is {}",
                     route.name,

@@ -56,6 +56,8 @@ struct Inner {
     realm: Option<String>,
     /// Wrong bytes served for a digest (a poisoned upstream).
     poisoned: HashMap<String, Vec<u8>>,
+    /// The registry takes requests and never answers (`set_hanging`).
+    hanging: bool,
     /// Repositories made private besides `PRIVATE_REPO` (`set_private`).
     private: std::collections::HashSet<String>,
     /// Blobs whose second half waits for the gate to open.
@@ -153,6 +155,11 @@ impl Hub {
     /// Makes the registry answer 503 (or recover).
     pub fn set_down(&self, down: bool) {
         self.lock().down = down;
+    }
+
+    /// Makes the registry take requests and never answer them (or answer again).
+    pub fn set_hanging(&self, hanging: bool) {
+        self.lock().hanging = hanging;
     }
 
     /// Redirects the blob `digest` to `location` instead of the CDN.
@@ -292,6 +299,9 @@ fn granted(headers: &HeaderMap) -> Option<Vec<String>> {
 
 async fn registry(State(hub): State<Hub>, req: Request) -> Response {
     hub.record(REGISTRY, &req);
+    if hub.lock().hanging {
+        std::future::pending::<()>().await;
+    }
     if hub.lock().down {
         return registry_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", &[]);
     }
