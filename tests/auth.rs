@@ -226,3 +226,58 @@ async fn path_prefix_scopes_round_trip() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_challenges_are_answered_with_the_bearer_one() {
+    let hub = Hub::start().await;
+    let blob = hub.add_blob(b"config".to_vec());
+    let mirror = Mirror::start(&format!("domain: mirror.test\n{}", hub.mirror_config()));
+    let c = common::client(&[HOST], mirror.addr());
+    let base = format!("http://{HOST}:{}", mirror.port);
+    // Each style on a repository of its own (the first one's manifest is cached after it).
+    for (style, name) in [
+        (hub::BasicFirst::SameHeader, "one"),
+        (hub::BasicFirst::OwnHeader, "two"),
+    ] {
+        let manifest = hub.add_manifest(&format!("library/{name}"), "latest", &blob);
+        hub.set_basic_first(Some(style));
+        let r = c
+            .get(format!("{base}/v2/{name}/manifests/latest"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let offered: Vec<_> = r
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            offered,
+            [format!(
+                r#"Bearer realm="http://{HOST}:{}/v2/auth",service="registry.docker.io",scope="repository:library/{name}:pull""#,
+                mirror.port
+            )],
+            "{style:?}"
+        );
+        let tok = token(
+            hub::token_via(
+                &c,
+                &format!("{base}/v2/auth"),
+                &format!("repository:{name}:pull"),
+                None,
+            )
+            .await,
+        )
+        .await;
+        let r = c
+            .get(format!("{base}/v2/{name}/manifests/latest"))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{style:?}");
+        assert_eq!(r.bytes().await.unwrap(), manifest.body);
+    }
+}

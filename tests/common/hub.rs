@@ -40,6 +40,13 @@ pub struct Seen {
     pub user_agent: Option<String>,
 }
 
+/// How a 401 offers a Basic challenge before the Bearer one.
+#[derive(Debug, Clone, Copy)]
+pub enum BasicFirst {
+    SameHeader,
+    OwnHeader,
+}
+
 #[derive(Default)]
 struct Inner {
     seen: Vec<Seen>,
@@ -56,6 +63,8 @@ struct Inner {
     realm: Option<String>,
     /// Wrong bytes served for a digest (a poisoned upstream).
     poisoned: HashMap<String, Vec<u8>>,
+    /// 401s offer Basic before Bearer (`set_basic_first`).
+    basic_first: Option<BasicFirst>,
     /// The registry takes requests and never answers (`set_hanging`).
     hanging: bool,
     /// Repositories made private besides `PRIVATE_REPO` (`set_private`).
@@ -155,6 +164,12 @@ impl Hub {
     /// Makes the registry answer 503 (or recover).
     pub fn set_down(&self, down: bool) {
         self.lock().down = down;
+    }
+
+    /// Makes the registry's 401s offer a Basic challenge before the Bearer one: in the same
+    /// header (`Basic realm="hub", Bearer ...`) or as a header of its own before it.
+    pub fn set_basic_first(&self, style: Option<BasicFirst>) {
+        self.lock().basic_first = style;
     }
 
     /// Makes the registry take requests and never answer them (or answer again).
@@ -308,16 +323,21 @@ async fn registry(State(hub): State<Hub>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let announced = hub.lock().realm.clone();
     let realm = announced.unwrap_or_else(|| format!("{}/token", hub.url(AUTH)));
+    let basic_first = hub.lock().basic_first;
     let challenge = |scope: Option<&str>| {
         let mut c = format!(r#"Bearer realm="{realm}",service="registry.docker.io""#);
         if let Some(s) = scope {
             c.push_str(&format!(r#",scope="repository:{s}:pull""#));
         }
-        registry_error(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
-            &[("www-authenticate", c)],
-        )
+        let basic = r#"Basic realm="hub""#.to_owned();
+        let headers = match basic_first {
+            None => vec![("www-authenticate", c)],
+            Some(BasicFirst::SameHeader) => vec![("www-authenticate", format!("{basic}, {c}"))],
+            Some(BasicFirst::OwnHeader) => {
+                vec![("www-authenticate", basic), ("www-authenticate", c)]
+            }
+        };
+        registry_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", &headers)
     };
     // Storage-like paths on the registry host itself (a relative Location): no token needed.
     if let Some(hex) = path.strip_prefix("/direct/") {
