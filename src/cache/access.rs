@@ -51,6 +51,7 @@ impl moka::Expiry<BookKey, Duration> for GrantLife {
 /// Remembered answers, bounded and with expiry.
 pub struct AccessBook {
     key: [u8; 32],
+    verdict_ttl: Duration,
     public: Cache<BookKey, Verdict>,
     grants: Cache<BookKey, Duration>,
     /// The last verdict decided per repository.
@@ -68,6 +69,8 @@ impl Default for AccessBook {
 enum Kind {
     Verdict = 1,
     Grant = 2,
+    /// One path of a repository readable with a credential (or by anyone: empty).
+    Holds = 3,
 }
 
 impl AccessBook {
@@ -84,6 +87,7 @@ impl AccessBook {
         }
         AccessBook {
             key,
+            verdict_ttl: verdict,
             public: Cache::builder()
                 .max_capacity(BOOK_CAPACITY)
                 .time_to_live(verdict)
@@ -100,14 +104,14 @@ impl AccessBook {
     }
 
     fn book_key(&self, kind: Kind, route: &str, repo: &str, credential: &[u8]) -> BookKey {
+        self.keyed(&[&[kind as u8], route.as_bytes(), repo.as_bytes(), credential])
+    }
+
+    /// HMAC-SHA256 of length-prefixed parts, truncated to 16 bytes.
+    fn keyed(&self, parts: &[&[u8]]) -> BookKey {
         let mut mac =
             <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        for part in [
-            &[kind as u8][..],
-            route.as_bytes(),
-            repo.as_bytes(),
-            credential,
-        ] {
+        for part in parts {
             mac.update(&(part.len() as u32).to_le_bytes());
             mac.update(part);
         }
@@ -151,19 +155,55 @@ impl AccessBook {
     /// as the credential says it lives (a bearer token's `exp`), else `GRANT_TTL`, at most
     /// `GRANT_MAX_TTL`. An expired token is not remembered.
     pub fn grant(&self, route: &str, repo: &str, credential: &[u8]) {
-        let life = match crate::registry::auth::bearer_expiry(credential) {
-            Some(exp) => match exp.duration_since(SystemTime::now()) {
-                Ok(left) => left.min(GRANT_MAX_TTL),
-                Err(_) => return,
-            },
-            None => GRANT_TTL,
-        };
-        if life.is_zero() {
-            return;
+        if let Some(life) = credential_life(credential) {
+            let key = self.book_key(Kind::Grant, route, repo, credential);
+            self.grants.insert(key, life);
         }
-        let key = self.book_key(Kind::Grant, route, repo, credential);
-        self.grants.insert(key, life);
     }
+
+    fn holds_key(&self, route: &str, repo: &str, path: &str, credential: &[u8]) -> BookKey {
+        let kind = [Kind::Holds as u8];
+        self.keyed(&[
+            &kind,
+            route.as_bytes(),
+            repo.as_bytes(),
+            path.as_bytes(),
+            credential,
+        ])
+    }
+
+    /// Whether the upstream recently served `path` of `repo` to this credential (empty: to
+    /// anyone).
+    pub fn holds(&self, route: &str, repo: &str, path: &str, credential: &[u8]) -> bool {
+        let key = self.holds_key(route, repo, path, credential);
+        self.grants.get(&key).is_some()
+    }
+
+    /// Remembers that the upstream serves `path` of `repo` to this credential (empty: to
+    /// anyone, for the verdict's life; else for the credential's).
+    pub fn hold(&self, route: &str, repo: &str, path: &str, credential: &[u8]) {
+        let life = match credential {
+            b"" => Some(self.verdict_ttl),
+            c => credential_life(c),
+        };
+        if let Some(life) = life {
+            let key = self.holds_key(route, repo, path, credential);
+            self.grants.insert(key, life);
+        }
+    }
+}
+
+/// How long an answer about a credential is remembered: a bearer token's `exp`, else
+/// `GRANT_TTL`, at most `GRANT_MAX_TTL`; `None` for an expired token.
+fn credential_life(credential: &[u8]) -> Option<Duration> {
+    let life = match crate::registry::auth::bearer_expiry(credential) {
+        Some(exp) => exp
+            .duration_since(SystemTime::now())
+            .ok()?
+            .min(GRANT_MAX_TTL),
+        None => GRANT_TTL,
+    };
+    (!life.is_zero()).then_some(life)
 }
 
 #[cfg(test)]

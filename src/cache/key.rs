@@ -1,7 +1,10 @@
-//! Cache keys: the upstream, the canonical repository name and the reference, so `nginx` and
-//! `library/nginx` share one entry and two registries never collide. A tag's entry also
-//! carries the normalised `Accept`, because a registry answers a tag by what the client
-//! accepts (a client asking for a Docker v2 manifest must never get an OCI index).
+//! Cache keys. Content by digest (blobs, manifests) is keyed by the upstream and the digest
+//! alone: one copy per digest, whichever repository it came through (a base layer shared by
+//! a thousand repositories is fetched and stored once; `cache::access` decides who may read
+//! it through which name). A tag's entry is keyed by the upstream, the canonical repository
+//! name (`nginx` and `library/nginx` share it), the tag and the normalised `Accept`, because a
+//! registry answers a tag by what the client accepts (a client asking for a Docker v2
+//! manifest must never get an OCI index). Two registries never collide.
 
 use pingora::cache::CacheKey;
 
@@ -51,9 +54,9 @@ pub fn accept_set(accept: &[&str]) -> u8 {
 /// The cache key for a request, or `None` when it is not cached (tag lists, catalog, auth).
 pub fn cache_key(route: &Route, path: &V2Path, accept: &[&str]) -> Option<CacheKey> {
     let primary = match path {
-        V2Path::Blob { name, digest } => format!("{}/{name}/blobs/{digest}", route.upstream),
-        V2Path::Manifest { name, reference } if reference.is_digest() => {
-            format!("{}/{name}/manifests/{reference}", route.upstream)
+        V2Path::Blob { digest, .. } => format!("{}/blobs/{digest}", route.upstream),
+        V2Path::Manifest { reference, .. } if reference.is_digest() => {
+            format!("{}/manifests/{reference}", route.upstream)
         }
         V2Path::Manifest { name, reference } => {
             format!(
@@ -117,6 +120,15 @@ mod tests {
             key(&hub, &blob, &[]),
             key(&other, &blob, &[]),
             "registries collide"
+        );
+        // One copy per digest, whatever the repository; tags stay per repository.
+        assert_eq!(
+            key(&hub, &blob, &[]),
+            key(&hub, &format!("/v2/acme/app/blobs/{D}"), &[])
+        );
+        assert_ne!(
+            key(&hub, "/v2/library/nginx/manifests/latest", &[]),
+            key(&hub, "/v2/acme/app/manifests/latest", &[])
         );
         // Digests ignore Accept; tags vary on it.
         let by_digest = format!("/v2/library/nginx/manifests/{D}");

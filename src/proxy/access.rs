@@ -23,8 +23,14 @@ struct Unreachable;
 const TOKEN_LIMIT: usize = 64 * 1024;
 
 impl Mirror {
-    /// Whether this reader may be served a cached entry that was filled with credentials.
-    pub(super) async fn may_read_private(&self, session: &Session, ctx: &RequestCtx) -> bool {
+    /// Whether this reader may be served a cached entry that was filled with credentials,
+    /// through repository `filled_via` (the mark's value).
+    pub(super) async fn may_read_private(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        filled_via: &[u8],
+    ) -> bool {
         let (Some(route), Some(repo), Some(target)) = (
             ctx.route.as_deref(),
             ctx.registry_path().and_then(|p| p.name()),
@@ -37,10 +43,15 @@ impl Mirror {
         let s = &self.shared;
         let book = &s.cache.access;
         let repo = repo.as_str();
+        let credential = session.req_header().headers.get(header::AUTHORIZATION);
+        if filled_via != repo.as_bytes() {
+            return s
+                .may_read_through(route, repo, &path, credential, probe)
+                .await;
+        }
         if route.share.matches(repo) {
             return true;
         }
-        let credential = session.req_header().headers.get(header::AUTHORIZATION);
         if credential.is_some_and(|c| book.granted(&route.name, repo, c.as_bytes())) {
             return true;
         }
@@ -152,6 +163,55 @@ impl Mirror {
 }
 
 impl Shared {
+    /// Whether content by digest that was filled with credentials through *another*
+    /// repository may be served through `repo` (one copy per digest): only if the upstream
+    /// would serve it there, to anyone (an anonymous HEAD of this very path) or to this
+    /// client's credentials (a HEAD with them), remembered per repository, path and
+    /// credential. A repository's public verdict alone is not enough: a public repository
+    /// need not hold a private one's blobs. Unanswered: refused.
+    async fn may_read_through(
+        self: &Arc<Self>,
+        route: &Route,
+        repo: &str,
+        path: &str,
+        credential: Option<&HeaderValue>,
+        probe: Probe,
+    ) -> bool {
+        let book = &self.cache.access;
+        let presented = credential.map_or(&b""[..], |c| c.as_bytes());
+        if book.holds(&route.name, repo, path, b"")
+            || book.holds(&route.name, repo, path, presented)
+        {
+            return true;
+        }
+        let limit = self.upstream.connect_timeout + self.upstream.read_timeout;
+        let probed = tokio::time::timeout(limit, self.probe_anonymously(route, path, repo, probe));
+        if probed.await.ok().flatten() == Some(true) {
+            book.hold(&route.name, repo, path, b"");
+            return true;
+        }
+        let Some(credential) = credential else {
+            debug!(target: super::CACHE_LOG,
+                "route {}: {path} is cached private through another repository; not readable through {repo} by anyone",
+                route.name
+            );
+            return false;
+        };
+        let allowed = self
+            .upstream_allows(route, path, Some(credential), probe)
+            .await
+            .unwrap_or(false);
+        if allowed {
+            book.hold(&route.name, repo, path, credential.as_bytes());
+        }
+        debug!(target: super::CACHE_LOG,
+            "route {}: upstream {} the client's credentials for {path} (cached through another repository)",
+            route.name,
+            if allowed { "accepted" } else { "refused" }
+        );
+        allowed
+    }
+
     /// Whether anyone may read the repository; probed once per `VERDICT_TTL`, however many
     /// readers ask at once.
     async fn repository_is_public(

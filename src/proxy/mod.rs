@@ -409,7 +409,9 @@ impl ProxyHttp for Mirror {
             .zip(path.name())
             .is_some_and(|(r, repo)| r.share.matches(repo.as_str()));
         if with_credentials && !route_public && !shared_repo {
-            stored.insert_header(PRIVATE_MARK, "1")?;
+            // The mark names the repository it was filled through (one copy per digest:
+            // another repository's readers are checked for that repository).
+            stored.insert_header(PRIVATE_MARK, path.name().map_or("", |n| n.as_str()))?;
             self.probe_in_background(ctx);
         }
         let meta = CacheMeta::new(now + ttl.fresh_for(path), now, 0, stale_if_error, stored);
@@ -430,10 +432,16 @@ impl ProxyHttp for Mirror {
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
-        if meta.headers().contains_key(PRIVATE_MARK) && !self.may_read_private(session, ctx).await {
-            // The upstream decides: with the client's own (missing or refused) credentials
-            // the answer is its 401, relayed as the mirror's challenge.
-            return Ok(Some(ForcedFreshness::ForceMiss));
+        let filled_via = meta
+            .headers()
+            .get(PRIVATE_MARK)
+            .map(|v| v.as_bytes().to_vec());
+        if let Some(via) = filled_via {
+            if !self.may_read_private(session, ctx, &via).await {
+                // The upstream decides: with the client's own (missing or refused) credentials
+                // the answer is its 401, relayed as the mirror's challenge.
+                return Ok(Some(ForcedFreshness::ForceMiss));
+            }
         }
         if is_fresh || !ctx.registry_path().is_some_and(policy::is_tag) {
             return Ok(None);

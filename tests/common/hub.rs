@@ -63,6 +63,8 @@ struct Inner {
     realm: Option<String>,
     /// Wrong bytes served for a digest (a poisoned upstream).
     poisoned: HashMap<String, Vec<u8>>,
+    /// Blobs that exist in one repository only (`add_blob_in`).
+    only_in: HashMap<String, String>,
     /// 401s offer Basic before Bearer (`set_basic_first`).
     basic_first: Option<BasicFirst>,
     /// The registry takes requests and never answers (`set_hanging`).
@@ -136,6 +138,14 @@ impl Hub {
             "routes:\n  docker: {{ upstream: \"{}\" }}\n{routes}resolve: {{ \"{REGISTRY}\": 127.0.0.1, \"{AUTH}\": 127.0.0.1, \"{CDN}\": 127.0.0.1, \"{STORAGE}\": 127.0.0.1 }}\n",
             self.url(REGISTRY)
         )
+    }
+
+    /// A blob that exists in `repo` only: asked for through any other repository, the
+    /// registry answers 404 `BLOB_UNKNOWN`, as distribution does.
+    pub fn add_blob_in(&self, repo: &str, data: Vec<u8>) -> String {
+        let digest = self.add_blob(data);
+        self.lock().only_in.insert(digest.clone(), repo.to_owned());
+        digest
     }
 
     pub fn add_blob(&self, data: Vec<u8>) -> String {
@@ -419,7 +429,12 @@ async fn registry(State(hub): State<Hub>, req: Request) -> Response {
         .strip_prefix("sha256:")
         .unwrap_or_default()
         .to_owned();
-    if !hub.lock().blobs.contains_key(&reference) {
+    let elsewhere = hub
+        .lock()
+        .only_in
+        .get(&reference)
+        .is_some_and(|only| *only != repo);
+    if !hub.lock().blobs.contains_key(&reference) || elsewhere {
         return registry_error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", &[]);
     }
     let redirected = hub.lock().redirects.get(&reference).cloned();
