@@ -89,6 +89,36 @@ async fn an_object_over_max_object_size_is_served_and_not_kept() {
     );
 }
 
+/// Starts a GET of `blob` in the background and returns once its fill has a part file on
+/// disk (the upstream is expected to be held by a gate); yields the cache status and body.
+async fn held_pull(
+    c: &reqwest::Client,
+    mirror: &Mirror,
+    tok: &str,
+    blob: &str,
+    cache: &Path,
+) -> tokio::task::JoinHandle<(String, reqwest::Result<bytes::Bytes>)> {
+    let (c, url, tok) = (
+        c.clone(),
+        mirror.url(&format!("/v2/library/big/blobs/{blob}")),
+        tok.to_owned(),
+    );
+    let pull = tokio::spawn(async move {
+        let r = c.get(url).bearer_auth(&tok).send().await.unwrap();
+        let status = r.headers()["x-cache-status"].to_str().unwrap().to_owned();
+        (status, r.bytes().await)
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !files(cache).iter().any(|f| f.ends_with(".part")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fill never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    pull
+}
+
 /// Mounts a tmpfs of `mib` MiB at `dir`; false when this machine does not allow it.
 fn mount_tmpfs(dir: &Path, mib: usize) -> bool {
     Command::new("mount")
@@ -145,26 +175,7 @@ async fn a_full_disk_never_cuts_a_download() {
     // Room when the fill starts, none halfway (something else fills the disk): the fill is
     // given up, the download completes.
     let gate = hub.gate(&squeezed);
-    let pull = {
-        let (c, url, tok) = (
-            c.clone(),
-            mirror.url(&format!("/v2/library/big/blobs/{squeezed}")),
-            tok.clone(),
-        );
-        tokio::spawn(async move {
-            let r = c.get(url).bearer_auth(&tok).send().await.unwrap();
-            let status = r.headers()["x-cache-status"].to_str().unwrap().to_owned();
-            (status, r.bytes().await)
-        })
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !files(&cache).iter().any(|f| f.ends_with(".part")) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the fill never started"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let pull = held_pull(&c, &mirror, &tok, &squeezed, &cache).await;
     let filler = cache.join("filler");
     let _ = std::fs::write(&filler, vec![0u8; 5 << 20]);
     gate.add_permits(100);
@@ -219,30 +230,12 @@ async fn fills_beyond_max_fills_stream_uncached() {
     let tok = hub::pull_token(&c, &mirror, "library/big", None).await;
     // One fill holds the only place while its upstream waits.
     let gate = hub.gate(&first);
-    let pull = {
-        let (c, url, tok) = (
-            c.clone(),
-            mirror.url(&format!("/v2/library/big/blobs/{first}")),
-            tok.clone(),
-        );
-        tokio::spawn(async move {
-            let r = c.get(url).bearer_auth(&tok).send().await.unwrap();
-            let status = r.headers()["x-cache-status"].to_str().unwrap().to_owned();
-            (status, r.bytes().await.unwrap())
-        })
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !files(dir.path()).iter().any(|f| f.ends_with(".part")) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the fill never started"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let pull = held_pull(&c, &mirror, &tok, &first, dir.path()).await;
     // Another cold object meanwhile: served, not kept.
     assert_eq!(get_blob(&c, &mirror, &tok, &second).await, "bypass");
     gate.add_permits(100);
     let (status, body) = pull.await.unwrap();
+    let body = body.unwrap();
     assert_eq!(
         (status.as_str(), common::sha256(&body)),
         ("miss", first.clone())

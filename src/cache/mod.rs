@@ -250,6 +250,25 @@ mod tests {
         }
     }
 
+    /// Fills entry `k<i>` with 1000 bytes; returns its identity for the LRU.
+    async fn fill_1000(cache: &Cache, i: u8) -> CacheEntryKey {
+        let span = Span::inactive().handle();
+        let now = std::time::SystemTime::now();
+        let meta = CacheMeta::new(now, now, 0, 0, ResponseHeader::build(200, None).unwrap());
+        let key = CacheKey::new(format!("k{i}"), "t");
+        let mut miss = cache
+            .storage
+            .get_miss_handler(&key, &meta, &span)
+            .await
+            .unwrap();
+        let id = miss.entry_id();
+        miss.write_body(Bytes::from(vec![i; 1000]), true)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+        CacheEntryKey::from_entry_id(key.to_compact(), id)
+    }
+
     /// The LRU's keys, least recently used first (drains it).
     fn drain_order(cache: &Cache) -> Vec<CacheEntryKey> {
         let mut order = Vec::new();
@@ -264,24 +283,11 @@ mod tests {
     async fn restart_keeps_lru_order() {
         let dir = tempfile::tempdir().unwrap();
         let first = Cache::open(&config(dir.path(), 1 << 20)).unwrap();
-        let span = Span::inactive().handle();
         let now = std::time::SystemTime::now();
         let mut keys = Vec::new();
         for i in 0..8 {
-            let meta = CacheMeta::new(now, now, 0, 0, ResponseHeader::build(200, None).unwrap());
-            let key = CacheKey::new(format!("k{i}"), "t");
-            let mut miss = first
-                .storage
-                .get_miss_handler(&key, &meta, &span)
-                .await
-                .unwrap();
-            let id = miss.entry_id();
-            miss.write_body(Bytes::from(vec![i as u8; 1000]), true)
-                .await
-                .unwrap();
-            miss.finish().await.unwrap();
+            let entry = fill_1000(&first, i).await;
             // What pingora does after a fill.
-            let entry = CacheEntryKey::from_entry_id(key.to_compact(), id);
             first.eviction.admit(entry.clone(), 1000, now);
             keys.push(entry);
         }
@@ -308,20 +314,8 @@ mod tests {
     async fn restart_admits_what_is_on_disk_and_evicts_to_fit() {
         let dir = tempfile::tempdir().unwrap();
         let first = Cache::open(&config(dir.path(), 1 << 20)).unwrap();
-        let span = Span::inactive().handle();
-        let now = std::time::SystemTime::now();
         for i in 0..3 {
-            let meta = CacheMeta::new(now, now, 0, 0, ResponseHeader::build(200, None).unwrap());
-            let key = CacheKey::new(format!("k{i}"), "t");
-            let mut miss = first
-                .storage
-                .get_miss_handler(&key, &meta, &span)
-                .await
-                .unwrap();
-            miss.write_body(Bytes::from(vec![i as u8; 1000]), true)
-                .await
-                .unwrap();
-            miss.finish().await.unwrap();
+            fill_1000(&first, i).await;
         }
         let same = Cache::open(&config(dir.path(), 1 << 20)).unwrap();
         assert_eq!(

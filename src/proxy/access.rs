@@ -65,19 +65,10 @@ impl Mirror {
             );
             return false;
         };
-        // Unreachable: private content is served offline only on a grant still in memory.
-        let allowed = s
-            .upstream_allows(route, &path, Some(credential), probe)
-            .await
-            .unwrap_or(false);
+        let allowed = s.credential_accepted(route, &path, credential, probe).await;
         if allowed {
             book.grant(&route.name, repo, credential.as_bytes());
         }
-        debug!(target: super::CACHE_LOG,
-            "route {}: upstream {} the client's credentials for {repo}",
-            route.name,
-            if allowed { "accepted" } else { "refused" }
-        );
         allowed
     }
 
@@ -184,9 +175,7 @@ impl Shared {
         {
             return true;
         }
-        let limit = self.upstream.connect_timeout + self.upstream.read_timeout;
-        let probed = tokio::time::timeout(limit, self.probe_anonymously(route, path, repo, probe));
-        if probed.await.ok().flatten() == Some(true) {
+        if self.probe_anonymously(route, path, repo, probe).await == Some(true) {
             book.hold(&route.name, repo, path, b"");
             return true;
         }
@@ -198,14 +187,30 @@ impl Shared {
             return false;
         };
         let allowed = self
-            .upstream_allows(route, path, Some(credential), probe)
-            .await
-            .unwrap_or(false);
+            .credential_accepted(route, path, credential, probe)
+            .await;
         if allowed {
             book.hold(&route.name, repo, path, credential.as_bytes());
         }
+        allowed
+    }
+
+    /// Whether the upstream serves `path` to the client's own credentials (one HEAD).
+    /// Unanswered counts as refused: private content is served offline only on an answer
+    /// still remembered.
+    async fn credential_accepted(
+        &self,
+        route: &Route,
+        path: &str,
+        credential: &HeaderValue,
+        probe: Probe,
+    ) -> bool {
+        let allowed = self
+            .upstream_allows(route, path, Some(credential), probe)
+            .await
+            .unwrap_or(false);
         debug!(target: super::CACHE_LOG,
-            "route {}: upstream {} the client's credentials for {path} (cached through another repository)",
+            "route {}: upstream {} the client's credentials for {path}",
             route.name,
             if allowed { "accepted" } else { "refused" }
         );
@@ -223,14 +228,12 @@ impl Shared {
     ) -> bool {
         let book = &self.cache.access;
         let verdict = book.verdict(&route.name, repo);
-        // One deadline for the whole probe (a registry HEAD, a token, the HEAD again), as long
-        // as one side request's: readers wait on it.
-        let limit = self.upstream.connect_timeout + self.upstream.read_timeout;
         let decided = verdict
             .get_or_try_init(|| async {
-                let probed =
-                    tokio::time::timeout(limit, self.probe_anonymously(route, path, repo, probe));
-                let public = probed.await.ok().flatten().ok_or(Unreachable)?;
+                let public = self
+                    .probe_anonymously(route, path, repo, probe)
+                    .await
+                    .ok_or(Unreachable)?;
                 debug!(target: super::CACHE_LOG,
                     "route {}: {repo} is {}",
                     route.name,
@@ -294,6 +297,20 @@ impl Shared {
 
     /// A HEAD without credentials, or with an anonymous token from the upstream's realm.
     async fn probe_anonymously(
+        &self,
+        route: &Route,
+        path: &str,
+        repo: &str,
+        probe: Probe,
+    ) -> Option<bool> {
+        // One deadline for the whole probe (a registry HEAD, a token, the HEAD again), as long
+        // as one side request's: readers wait on it.
+        let limit = self.upstream.connect_timeout + self.upstream.read_timeout;
+        let steps = self.probe_steps(route, path, repo, probe);
+        tokio::time::timeout(limit, steps).await.ok().flatten()
+    }
+
+    async fn probe_steps(
         &self,
         route: &Route,
         path: &str,

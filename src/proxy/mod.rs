@@ -432,12 +432,9 @@ impl ProxyHttp for Mirror {
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
-        let filled_via = meta
-            .headers()
-            .get(PRIVATE_MARK)
-            .map(|v| v.as_bytes().to_vec());
-        if let Some(via) = filled_via {
-            if !self.may_read_private(session, ctx, &via).await {
+        // A HeaderValue clone shares its bytes: no copy per private hit.
+        if let Some(via) = meta.headers().get(PRIVATE_MARK).cloned() {
+            if !self.may_read_private(session, ctx, via.as_bytes()).await {
                 // The upstream decides: with the client's own (missing or refused) credentials
                 // the answer is its 401, relayed as the mirror's challenge.
                 return Ok(Some(ForcedFreshness::ForceMiss));

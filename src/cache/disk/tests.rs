@@ -6,6 +6,7 @@ use pingora::http::ResponseHeader;
 use sha2::Digest as _;
 
 use super::super::sidecar::Sidecar;
+use super::hit::read_chunk;
 use super::*;
 
 fn storage() -> (&'static DiskStorage, tempfile::TempDir) {
