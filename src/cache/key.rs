@@ -70,6 +70,23 @@ pub fn cache_key(route: &Route, path: &V2Path, accept: &[&str]) -> Option<CacheK
     Some(CacheKey::new(primary, route.name.as_str()))
 }
 
+/// The key of a tag's pointer (`cache::pointer`): per upstream, repository, tag and
+/// normalised `Accept`, like the tag itself, in a namespace no request path reaches.
+pub fn pointer_key(route: &Route, path: &V2Path, accept: &[&str]) -> Option<CacheKey> {
+    let V2Path::Manifest { name, reference } = path else {
+        return None;
+    };
+    if reference.is_digest() {
+        return None;
+    }
+    let primary = format!(
+        "{}/{name}/manifests/{reference}#accept={:02x}#pointer",
+        route.upstream,
+        accept_set(accept)
+    );
+    Some(CacheKey::new(primary, route.name.as_str()))
+}
+
 #[cfg(test)]
 mod tests {
     use pingora::cache::key::CacheHashKey;

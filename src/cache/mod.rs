@@ -7,6 +7,7 @@ pub mod admission;
 pub mod disk;
 mod hot;
 pub mod key;
+pub mod pointer;
 pub mod policy;
 mod sidecar;
 pub mod verify;

@@ -299,6 +299,12 @@ impl ProxyHttp for Mirror {
                         return Ok(true);
                     }
                 }
+                let method = &session.req_header().method;
+                if (method == http::Method::GET || method == http::Method::HEAD)
+                    && ctx.registry_path().is_some_and(policy::is_tag)
+                {
+                    self.follow_tag_pointer(session, ctx).await;
+                }
                 Ok(false)
             }
         }

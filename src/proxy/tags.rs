@@ -1,13 +1,21 @@
-//! Tag checks: a stale cached tag is checked with one HEAD before it is served again, however
-//! many requests for it arrive together (`TagChecks`), and served stale while the upstream
-//! cannot answer, for up to `cache.stale_for`.
+//! Tags as pointers: a request by tag (GET or HEAD) is answered from its digest's entry
+//! through the tag's pointer (`cache::pointer`) while the pointer is fresh (`cache.tag_ttl`).
+//! A missing or stale pointer is learned with one upstream HEAD (no Docker Hub pull quota),
+//! however many requests for the tag arrive together; while the upstream cannot answer, the
+//! last pointer is followed for up to `cache.stale_for`. An upstream that names no digest in
+//! its answer leaves the tag to the older path: cached under its own key, and a stale entry
+//! checked with one HEAD (`TagChecks`) before it is served again.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use pingora::cache::key::CacheHashKey;
 
+use http::HeaderValue;
+
 use super::*;
+use crate::cache::pointer::TagPointer;
+use crate::registry::{Reference, V2Path};
 use crate::routes::Route;
 
 /// What one tag check found; every request that waited on it acts on the same answer.
@@ -27,6 +35,42 @@ enum TagCheck {
 #[derive(Default)]
 pub struct TagChecks {
     in_flight: Mutex<HashMap<[u8; 16], Arc<tokio::sync::OnceCell<TagCheck>>>>,
+    /// Pointer lookups in flight, by pointer key.
+    pointers: Mutex<HashMap<[u8; 16], Arc<tokio::sync::OnceCell<PointerCheck>>>>,
+}
+
+/// What one upstream HEAD of a tag found.
+#[derive(Debug, Clone)]
+enum PointerCheck {
+    Found(TagPointer),
+    /// The upstream answered without a digest to follow (401, 404, no header): the request
+    /// goes its own way.
+    NotFound,
+    Unavailable(String),
+}
+
+/// Takes the single-flight cell for `key` in `map` (a new one if none is in flight).
+fn in_flight_cell<T>(
+    map: &Mutex<HashMap<[u8; 16], Arc<tokio::sync::OnceCell<T>>>>,
+    key: [u8; 16],
+) -> Arc<tokio::sync::OnceCell<T>> {
+    map.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_default()
+        .clone()
+}
+
+/// Lets the cell go once its answer is read (unless a newer one took its place).
+fn settle<T>(
+    map: &Mutex<HashMap<[u8; 16], Arc<tokio::sync::OnceCell<T>>>>,
+    key: [u8; 16],
+    cell: &Arc<tokio::sync::OnceCell<T>>,
+) {
+    let mut in_flight = map.lock().unwrap_or_else(|p| p.into_inner());
+    if in_flight.get(&key).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+        in_flight.remove(&key);
+    }
 }
 
 impl Mirror {
@@ -48,23 +92,12 @@ impl Mirror {
         }
         let key = session.cache.cache_key().combined_bin();
         let checks = &self.shared.tag_checks;
-        let cell = checks
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default()
-            .clone();
+        let cell = in_flight_cell(&checks.in_flight, key);
         let outcome = cell
             .get_or_init(|| self.ask_tag(session, meta, &route, &hop.path_and_query))
             .await
             .clone();
-        {
-            let mut in_flight = checks.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            if in_flight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                in_flight.remove(&key);
-            }
-        }
+        settle(&checks.in_flight, key, &cell);
         match outcome {
             TagCheck::Unchanged => {
                 ctx.cache_note = Some("revalidated");
@@ -72,6 +105,154 @@ impl Mirror {
             }
             TagCheck::Changed => ForcedFreshness::ForceExpired,
             TagCheck::Unavailable(why) => self.serve_stale(meta, ctx, &why),
+        }
+    }
+
+    /// Follows a tag's pointer: rewrites a request by tag (GET or HEAD) into one by the digest
+    /// it points to, learning or refreshing the pointer first with one coalesced upstream
+    /// HEAD when it is missing or stale. Leaves the request as it is when the upstream names
+    /// no digest for the tag, or cannot answer and no pointer recent enough stands in.
+    pub(super) async fn follow_tag_pointer(&self, session: &Session, ctx: &mut RequestCtx) {
+        let (Some(route), Some(path)) = (ctx.route.clone(), ctx.registry_path().cloned()) else {
+            return;
+        };
+        let req = session.req_header();
+        let accept: Vec<&str> = req
+            .headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let Some(key) = key::pointer_key(&route, &path, &accept) else {
+            return;
+        };
+        let s = &self.shared;
+        let ttl = &s.cache.ttl;
+        let known = s.cache.read_pointer(&key).await;
+        if let Some(pointer) = known.as_ref().filter(|p| p.age() < ttl.tag_ttl) {
+            return self.point_to(ctx, &path, pointer, None);
+        }
+        let bin = key.combined_bin();
+        let cell = in_flight_cell(&s.tag_checks.pointers, bin);
+        let target_path = ctx
+            .target
+            .as_ref()
+            .map(|t| t.registry_path_and_query())
+            .unwrap_or_default();
+        let outcome = cell
+            .get_or_init(|| async {
+                let known_type = known.as_ref().and_then(|p| p.media_type.as_ref());
+                let check = self
+                    .ask_pointer(session, &route, &target_path, known_type)
+                    .await;
+                if let PointerCheck::Found(pointer) = &check {
+                    s.cache.write_pointer(&key, pointer).await;
+                }
+                check
+            })
+            .await
+            .clone();
+        settle(&s.tag_checks.pointers, bin, &cell);
+        match (outcome, known) {
+            (PointerCheck::Found(pointer), _) => self.point_to(ctx, &path, &pointer, None),
+            (PointerCheck::Unavailable(why), Some(last)) => {
+                let past = last.age().saturating_sub(ttl.tag_ttl);
+                if past <= ttl.stale_for {
+                    warn!(target: CACHE_LOG,
+                        "route {}: {why}: following the tag's last pointer ({past:?} stale)",
+                        route.name
+                    );
+                    self.point_to(ctx, &path, &last, Some("stale"));
+                } else {
+                    warn!(target: CACHE_LOG,
+                        "route {}: {why}; the tag's pointer is {past:?} stale, past cache.stale_for ({:?}): not followed",
+                        route.name, ttl.stale_for
+                    );
+                }
+            }
+            (PointerCheck::Unavailable(_) | PointerCheck::NotFound, _) => {}
+        }
+    }
+
+    /// Rewrites the request by tag into the request by the pointer's digest.
+    fn point_to(
+        &self,
+        ctx: &mut RequestCtx,
+        path: &V2Path,
+        pointer: &TagPointer,
+        note: Option<&'static str>,
+    ) {
+        let (V2Path::Manifest { name, .. }, Some(plan::Target::Registry { path: target, .. })) =
+            (path, ctx.target.as_mut())
+        else {
+            return;
+        };
+        debug!(target: CACHE_LOG,
+            "route {}: {path} points to {}",
+            ctx.route.as_ref().map_or("", |r| r.name.as_str()),
+            pointer.digest
+        );
+        *target = V2Path::Manifest {
+            name: name.clone(),
+            reference: Reference::Digest(pointer.digest.clone()),
+        };
+        // The hop is built from the target on first use.
+        ctx.hop = None;
+        ctx.cache_note = note;
+    }
+
+    /// The one upstream HEAD that learns where a tag points, with the client's credentials
+    /// and `Accept` (the pointer's type when the client names none).
+    async fn ask_pointer(
+        &self,
+        session: &Session,
+        route: &Route,
+        path_and_query: &str,
+        known_type: Option<&HeaderValue>,
+    ) -> PointerCheck {
+        let req = session.req_header();
+        let mut headers = Vec::new();
+        for name in [header::AUTHORIZATION, header::ACCEPT] {
+            for value in req.headers.get_all(&name) {
+                headers.push((name.clone(), value));
+            }
+        }
+        if !req.headers.contains_key(header::ACCEPT) {
+            if let Some(media_type) = known_type {
+                headers.push((header::ACCEPT, media_type));
+            }
+        }
+        let s = &self.shared;
+        if s.outages.is_down(&route.name) {
+            return PointerCheck::Unavailable("the upstream is down".into());
+        }
+        let answer = s
+            .side
+            .head(
+                &s.resolver,
+                &s.upstream,
+                &route.upstream,
+                path_and_query,
+                &headers,
+            )
+            .await;
+        let resp = match s
+            .outages
+            .answered(&route.name, "tag lookup", answer, |r| r.status.as_u16())
+        {
+            Ok(resp) => resp,
+            Err(why) => return PointerCheck::Unavailable(why),
+        };
+        s.outages.mark_up(&route.name);
+        match TagPointer::from_answer(&resp).filter(|_| resp.status == 200) {
+            Some(pointer) => PointerCheck::Found(pointer),
+            None => {
+                debug!(target: CACHE_LOG,
+                    "route {}: tag lookup answered {} without a digest to follow",
+                    route.name, resp.status
+                );
+                PointerCheck::NotFound
+            }
         }
     }
 
