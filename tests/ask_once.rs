@@ -80,8 +80,8 @@ async fn a_new_token_each_pull_does_not_fetch_the_oci_manifest_again() {
     }
     assert_eq!(
         hub.count_method(REGISTRY, "GET", "/manifests/"),
-        2,
-        "one GET for the tag and one for the digest, then none"
+        1,
+        "the tag is a pointer (one HEAD) to the digest, GET once, then none"
     );
     assert_eq!(
         Some(hub.count(REGISTRY)),

@@ -83,17 +83,20 @@ async fn challenge_relay_and_pull() {
     );
     assert_eq!(r.headers()["ratelimit-remaining"], "99;w=21600");
     assert_eq!(r.bytes().await.unwrap(), manifest.body);
-    // The last GET (the mirror's anonymous access probe, a HEAD, may come after it).
-    let last = hub
-        .seen_by(REGISTRY)
-        .into_iter()
-        .rfind(|s| s.method == "GET")
-        .unwrap();
-    assert_eq!(last.path_and_query, "/v2/library/hello/manifests/latest");
-    assert_eq!(
-        last.authorization.as_deref(),
-        Some(format!("Bearer {tok}").as_str())
-    );
+    // The tag was looked up by HEAD and the manifest fetched by its digest, both with the
+    // client's token (the mirror's anonymous access probe, a HEAD, may come after them).
+    let seen = hub.seen_by(REGISTRY);
+    let with = |method: &str, path: &str| {
+        seen.iter()
+            .find(|s| s.method == method && s.path_and_query == path)
+            .unwrap_or_else(|| panic!("no {method} {path}: {seen:?}"))
+            .authorization
+            .clone()
+    };
+    let bearer = Some(format!("Bearer {tok}"));
+    assert_eq!(with("HEAD", "/v2/library/hello/manifests/latest"), bearer);
+    let by_digest = format!("/v2/library/hello/manifests/{}", manifest.digest);
+    assert_eq!(with("GET", &by_digest), bearer);
 }
 
 #[tokio::test(flavor = "multi_thread")]

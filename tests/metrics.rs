@@ -118,10 +118,11 @@ async fn counters_equal_what_was_sent() {
         Some(3.0),
         "{text}"
     );
-    assert_eq!(sample(&text, "pullthrough_cache_items", &[]), Some(1.0));
+    // The manifest, and the tag's pointer to it (its body: the digest).
+    assert_eq!(sample(&text, "pullthrough_cache_items", &[]), Some(2.0));
     assert_eq!(
         sample(&text, "pullthrough_cache_size_bytes", &[]),
-        Some(manifest.body.len() as f64)
+        Some((manifest.body.len() + manifest.digest.len()) as f64)
     );
     assert_eq!(
         sample(&text, "pullthrough_digest_mismatches_total", &[]),
@@ -143,7 +144,7 @@ async fn counters_equal_what_was_sent() {
         .await
         .unwrap();
     assert_eq!(stats["pid"], mirror.pid());
-    assert_eq!(stats["cache"]["items"], 1);
+    assert_eq!(stats["cache"]["items"], 2);
     assert_eq!(
         c.get(admin_url("/healthz")).send().await.unwrap().status(),
         200

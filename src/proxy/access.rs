@@ -16,6 +16,25 @@ use crate::registry::{Challenge, V2Path};
 use crate::routes::Route;
 use crate::upstream::Credentials;
 
+/// Whether what the upstream answers this request is private to its credentials: it went
+/// with credentials (the client's or the route's), and neither the route (`public: true`)
+/// nor `credentials.share` publishes the repository.
+pub(super) fn learned_privately(session: &Session, ctx: &RequestCtx) -> bool {
+    let with_credentials = ctx.route_credentials
+        || session
+            .req_header()
+            .headers
+            .contains_key(header::AUTHORIZATION);
+    let published = ctx.route.as_ref().is_some_and(|r| {
+        r.public
+            || ctx
+                .registry_path()
+                .and_then(|p| p.name())
+                .is_some_and(|repo| r.share.matches(repo.as_str()))
+    });
+    with_credentials && !published
+}
+
 /// The upstream could not be asked: nothing decided.
 struct Unreachable;
 

@@ -41,6 +41,7 @@ use crate::tls::SniName;
 use crate::upstream::{Credentials, Resolver};
 
 pub use ctx::RequestCtx;
+use access::learned_privately;
 use hops::{HopKind, RedirectOutcome};
 use plan::{Canned, Incoming, Plan};
 use realms::RealmBook;
@@ -403,18 +404,7 @@ impl ProxyHttp for Mirror {
         let now = std::time::SystemTime::now();
         let stale_if_error = ttl.stale_if_error(path).as_secs() as u32;
         let mut stored = resp.clone();
-        let route_public = ctx.route.as_ref().is_some_and(|r| r.public);
-        let with_credentials = ctx.route_credentials
-            || session
-                .req_header()
-                .headers
-                .contains_key(header::AUTHORIZATION);
-        let shared_repo = ctx
-            .route
-            .as_ref()
-            .zip(path.name())
-            .is_some_and(|(r, repo)| r.share.matches(repo.as_str()));
-        if with_credentials && !route_public && !shared_repo {
+        if learned_privately(session, ctx) {
             // The mark names the repository it was filled through (one copy per digest:
             // another repository's readers are checked for that repository).
             stored.insert_header(PRIVATE_MARK, path.name().map_or("", |n| n.as_str()))?;

@@ -130,7 +130,19 @@ impl Mirror {
         let ttl = &s.cache.ttl;
         let known = s.cache.read_pointer(&key).await;
         if let Some(pointer) = known.as_ref().filter(|p| p.age() < ttl.tag_ttl) {
-            return self.point_to(ctx, &path, pointer, None);
+            if self.may_follow(session, ctx, pointer).await {
+                self.point_to(ctx, &path, pointer, None);
+            }
+            return;
+        }
+        // A client without a token on a registry that wants one gets its challenge from the
+        // request itself; a HEAD first would only double the 401 (containerd asks so first).
+        if !req.headers.contains_key(header::AUTHORIZATION)
+            && !ctx.route_credentials
+            && s.realms.get(&route.name).is_some()
+            && !s.outages.is_down(&route.name)
+        {
+            return;
         }
         let bin = key.combined_bin();
         let cell = in_flight_cell(&s.tag_checks.pointers, bin);
@@ -139,13 +151,17 @@ impl Mirror {
             .as_ref()
             .map(|t| t.registry_path_and_query())
             .unwrap_or_default();
+        // Set when this request's own HEAD (with its own credentials) learned the pointer.
+        let mut asked = false;
         let outcome = cell
             .get_or_init(|| async {
+                asked = true;
                 let known_type = known.as_ref().and_then(|p| p.media_type.as_ref());
-                let check = self
+                let mut check = self
                     .ask_pointer(session, &route, &target_path, known_type)
                     .await;
-                if let PointerCheck::Found(pointer) = &check {
+                if let PointerCheck::Found(pointer) = &mut check {
+                    pointer.private = learned_privately(session, ctx);
                     s.cache.write_pointer(&key, pointer).await;
                 }
                 check
@@ -154,24 +170,71 @@ impl Mirror {
             .clone();
         settle(&s.tag_checks.pointers, bin, &cell);
         match (outcome, known) {
-            (PointerCheck::Found(pointer), _) => self.point_to(ctx, &path, &pointer, None),
-            (PointerCheck::Unavailable(why), Some(last)) => {
-                let past = last.age().saturating_sub(ttl.tag_ttl);
-                if past <= ttl.stale_for {
-                    warn!(target: CACHE_LOG,
-                        "route {}: {why}: following the tag's last pointer ({past:?} stale)",
+            (PointerCheck::Found(pointer), known) => {
+                if asked {
+                    self.granted_by_answer(session, ctx, &pointer);
+                } else if !self.may_follow(session, ctx, &pointer).await {
+                    return;
+                }
+                // A pointer asked again: what the cache serves for it was revalidated.
+                let note = known.map(|_| {
+                    debug!(target: CACHE_LOG,
+                        "route {}: {path}: pointer revalidated by HEAD",
                         route.name
                     );
-                    self.point_to(ctx, &path, &last, Some("stale"));
-                } else {
+                    "revalidated"
+                });
+                self.point_to(ctx, &path, &pointer, note)
+            }
+            (PointerCheck::Unavailable(why), Some(last)) => {
+                let past = last.age().saturating_sub(ttl.tag_ttl);
+                if past > ttl.stale_for {
                     warn!(target: CACHE_LOG,
                         "route {}: {why}; the tag's pointer is {past:?} stale, past cache.stale_for ({:?}): not followed",
                         route.name, ttl.stale_for
                     );
+                    return;
                 }
+                if !self.may_follow(session, ctx, &last).await {
+                    return;
+                }
+                warn!(target: CACHE_LOG,
+                    "route {}: {why}: following the tag's last pointer ({past:?} stale)",
+                    route.name
+                );
+                self.point_to(ctx, &path, &last, Some("stale"));
             }
             (PointerCheck::Unavailable(_) | PointerCheck::NotFound, _) => {}
         }
+    }
+
+    /// Whether this reader may follow a pointer: always when anyone could have learned it,
+    /// else under the access rules of private content (grant, public verdict, or one HEAD
+    /// with the reader's credentials). Not followed, the request goes upstream as it came.
+    async fn may_follow(&self, session: &Session, ctx: &RequestCtx, pointer: &TagPointer) -> bool {
+        if !pointer.private {
+            return true;
+        }
+        let repo = ctx.registry_path().and_then(|p| p.name());
+        let via = repo.map_or("", |r| r.as_str());
+        self.may_read_private(session, ctx, via.as_bytes()).await
+    }
+
+    /// The upstream just answered this reader's own credentials for the tag: remember the
+    /// grant, so the digest it points to (filled with credentials) needs no second HEAD.
+    fn granted_by_answer(&self, session: &Session, ctx: &RequestCtx, pointer: &TagPointer) {
+        let (true, Some(route), Some(repo), Some(credential)) = (
+            pointer.private,
+            ctx.route.as_deref(),
+            ctx.registry_path().and_then(|p| p.name()),
+            session.req_header().headers.get(header::AUTHORIZATION),
+        ) else {
+            return;
+        };
+        self.shared
+            .cache
+            .access
+            .grant(&route.name, repo.as_str(), credential.as_bytes());
     }
 
     /// Rewrites the request by tag into the request by the pointer's digest.

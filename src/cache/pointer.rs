@@ -1,0 +1,144 @@
+//! Tag pointers: what a tag named when the upstream was last asked (digest, media type,
+//! length), kept as tiny entries of the disk cache under a key of their own, so they survive
+//! restarts, are evicted like the rest and cost a memory lookup (the hot set) when read. A
+//! request by tag is answered from the digest's entry through its pointer: the manifest body
+//! is stored once, under its digest.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::HeaderValue;
+use log::warn;
+use pingora::cache::eviction::{CacheEntryKey, EvictionManager};
+use pingora::cache::trace::Span;
+use pingora::cache::{CacheKey, CacheMeta, Storage};
+use pingora::http::ResponseHeader;
+
+use super::Cache;
+use crate::registry::Digest;
+
+/// Headers of a pointer entry. Not the registry's own names: the storage checks a body
+/// against `Docker-Content-Digest` and `Content-Length`, and a pointer has no body.
+const DIGEST: &str = "x-pullthrough-pointer-digest";
+const MEDIA_TYPE: &str = "x-pullthrough-pointer-type";
+const LENGTH: &str = "x-pullthrough-pointer-length";
+/// Present when the pointer was learned with credentials (`cache::access`).
+const PRIVATE: &str = "x-pullthrough-pointer-private";
+
+/// Where a tag pointed when the upstream was last asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagPointer {
+    pub digest: Digest,
+    pub media_type: Option<HeaderValue>,
+    pub length: Option<u64>,
+    /// When the upstream said so.
+    pub learned: SystemTime,
+    /// Learned with credentials: followed for a reader only under the access rules of
+    /// private content (`cache::access`), like an entry filled with credentials.
+    pub private: bool,
+}
+
+impl TagPointer {
+    /// The pointer a tag's upstream answer (HEAD or GET, 200) carries, if it names a digest.
+    pub fn from_answer(resp: &ResponseHeader) -> Option<TagPointer> {
+        let headers = &resp.headers;
+        let digest = headers
+            .get(super::verify::DIGEST_HEADER)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()?;
+        Some(TagPointer {
+            digest,
+            media_type: headers.get(http::header::CONTENT_TYPE).cloned(),
+            length: headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
+            learned: SystemTime::now(),
+            private: false,
+        })
+    }
+
+    /// How long ago the upstream was asked.
+    pub fn age(&self) -> Duration {
+        self.learned.elapsed().unwrap_or_default()
+    }
+
+    fn meta(&self, fresh_for: Duration) -> Option<CacheMeta> {
+        let mut header = ResponseHeader::build(200, Some(3)).ok()?;
+        header.insert_header(DIGEST, self.digest.to_string()).ok()?;
+        if let Some(t) = &self.media_type {
+            header.insert_header(MEDIA_TYPE, t.clone()).ok()?;
+        }
+        if let Some(len) = self.length {
+            header.insert_header(LENGTH, len).ok()?;
+        }
+        if self.private {
+            header.insert_header(PRIVATE, "1").ok()?;
+        }
+        Some(CacheMeta::new(
+            self.learned + fresh_for,
+            self.learned,
+            0,
+            0,
+            header,
+        ))
+    }
+
+    fn from_meta(meta: &CacheMeta) -> Option<TagPointer> {
+        let headers = meta.headers();
+        Some(TagPointer {
+            digest: headers.get(DIGEST)?.to_str().ok()?.parse().ok()?,
+            media_type: headers.get(MEDIA_TYPE).cloned(),
+            length: headers
+                .get(LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
+            learned: meta.created(),
+            private: headers.contains_key(PRIVATE),
+        })
+    }
+}
+
+impl Cache {
+    /// The pointer stored under `key`, if any (however old).
+    pub async fn read_pointer(&self, key: &CacheKey) -> Option<TagPointer> {
+        let span = Span::inactive().handle();
+        let (meta, _) = self.storage.lookup(key, &span).await.ok()??;
+        TagPointer::from_meta(&meta)
+    }
+
+    /// Stores a pointer under `key` (replacing the one there).
+    pub async fn write_pointer(&self, key: &CacheKey, pointer: &TagPointer) {
+        let Some(meta) = pointer.meta(self.ttl.tag_ttl) else {
+            return;
+        };
+        let span = Span::inactive().handle();
+        // The body repeats the digest (never read: the headers say it all), so the pointer
+        // weighs in the LRU what the start-up scan will weigh it, its body's length.
+        let body = Bytes::from(pointer.digest.to_string());
+        let weight = body.len();
+        let stored = async {
+            let mut miss = self.storage.get_miss_handler(key, &meta, &span).await?;
+            let id = miss.entry_id();
+            miss.write_body(body, true).await?;
+            miss.finish().await?;
+            Ok::<_, Box<pingora::Error>>(id)
+        };
+        match stored.await {
+            Ok(id) => {
+                let entry = CacheEntryKey::from_entry_id(key.to_compact(), id);
+                for victim in self
+                    .eviction
+                    .admit(entry, weight, meta.fresh_until())
+                {
+                    let target = pingora::cache::storage::PurgeTarget::Exact(&victim);
+                    let purge = pingora::cache::storage::PurgeType::Eviction;
+                    if let Err(e) = self.storage.purge(target, purge, &span).await {
+                        warn!("cannot evict {victim}: {e}");
+                    }
+                }
+            }
+            Err(e) => warn!("tag pointer not stored: {e}"),
+        }
+    }
+}
