@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::hub::{self, Hub, REGISTRY};
+use common::hub::{self, Hub, ANY_MANIFEST, REGISTRY};
 use common::registry::noise;
 use common::{cache_status, Mirror};
 
@@ -92,6 +92,169 @@ async fn a_new_token_each_pull_does_not_fetch_the_oci_manifest_again() {
             .map(|s| format!("{} {}", s.method, s.path_and_query))
             .collect::<Vec<_>>()
     );
+}
+
+/// One pull as docker makes it: HEAD by tag, GET the manifest by the digest the HEAD named,
+/// each child manifest of an index by digest, then the blobs; every request with `tok`.
+async fn docker_pull(
+    c: &reqwest::Client,
+    mirror: &Mirror,
+    repo: &str,
+    tag: &str,
+    tok: &str,
+) -> Vec<String> {
+    let manifest = |reference: &str| mirror.url(&format!("/v2/{repo}/manifests/{reference}"));
+    let head = c
+        .head(manifest(tag))
+        .header("accept", ANY_MANIFEST)
+        .bearer_auth(tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200, "HEAD {repo}:{tag}");
+    let digest = head.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut statuses = vec![cache_status(&head)];
+    let mut pending = vec![digest];
+    while let Some(digest) = pending.pop() {
+        let r = c
+            .get(manifest(&digest))
+            .header("accept", ANY_MANIFEST)
+            .bearer_auth(tok)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "GET {repo}@{digest}");
+        statuses.push(cache_status(&r));
+        let body = r.bytes().await.unwrap();
+        assert_eq!(common::sha256(&body), digest);
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        for child in doc["manifests"].as_array().into_iter().flatten() {
+            pending.push(child["digest"].as_str().unwrap().to_owned());
+        }
+        if let Some(config) = doc["config"]["digest"].as_str() {
+            let r = c
+                .get(mirror.url(&format!("/v2/{repo}/blobs/{config}")))
+                .bearer_auth(tok)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "GET {repo} blob {config}");
+            statuses.push(cache_status(&r));
+            assert_eq!(common::sha256(&r.bytes().await.unwrap()), config);
+        }
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_tokens_pull_an_oci_image_an_oci_index_and_a_docker_image_with_one_get_per_manifest() {
+    let hub = Hub::start().await;
+    let oci = hub.add_manifest("library/oci", "v1", &hub.add_blob(noise(4096, 1)));
+    let (index, children) = hub.add_index(
+        "library/multi",
+        "v1",
+        &[
+            ("linux/amd64", &hub.add_blob(noise(4096, 2))),
+            ("linux/arm64", &hub.add_blob(noise(4096, 3))),
+        ],
+    );
+    let docker = hub.add_docker_manifest("library/dock", "v1", &hub.add_blob(noise(4096, 4)));
+    let manifests = 1 + 1 + children.len() + 1;
+    let mirror = Mirror::start(&config(&hub));
+    let c = common::client(&[], mirror.addr());
+    let images = ["library/oci", "library/multi", "library/dock"];
+    let mut after_first = 0;
+    for pull in 0..4 {
+        for repo in images {
+            // A new token each pull, as Docker Hub issues.
+            let tok = hub::pull_token(&c, &mirror, repo, None).await;
+            let statuses = docker_pull(&c, &mirror, repo, "v1", &tok).await;
+            if pull > 0 {
+                assert!(
+                    statuses.iter().all(|s| s == "hit"),
+                    "pull {pull} of {repo}: {statuses:?}"
+                );
+            }
+        }
+        if pull == 0 {
+            for repo in images {
+                hub.wait_for_probe(repo).await;
+            }
+            after_first = hub.count(REGISTRY);
+        }
+    }
+    let seen: Vec<_> = hub
+        .seen_by(REGISTRY)
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.path_and_query))
+        .collect();
+    assert_eq!(
+        hub.count_method(REGISTRY, "GET", "/manifests/"),
+        manifests,
+        "one GET per manifest ({}, {}, {}): {seen:#?}",
+        oci.digest,
+        index.digest,
+        docker.digest
+    );
+    // Each HEAD by tag after the first pull, with its new token, was answered by the pointer.
+    assert_eq!(
+        hub.count(REGISTRY),
+        after_first,
+        "later pulls asked the registry: {seen:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_requests_on_a_stale_tag_send_one_head() {
+    let hub = Hub::start().await;
+    let manifest = hub.add_manifest("library/app", "v1", &hub.add_blob(noise(1024, 5)));
+    let mirror = Mirror::start(&format!("cache: {{ tag_ttl: 1s }}\n{}", config(&hub)));
+    let c = common::client(&[], mirror.addr());
+    let tag = mirror.url("/v2/library/app/manifests/v1");
+    let tok = hub::pull_token(&c, &mirror, "library/app", None).await;
+    let r = c
+        .get(&tag)
+        .header("accept", ANY_MANIFEST)
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), manifest.body);
+    hub.wait_for_probe("library/app").await;
+    let mut tokens = Vec::new();
+    for _ in 0..50 {
+        tokens.push(hub::pull_token(&c, &mirror, "library/app", None).await);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let before = hub.count(REGISTRY);
+    let pulls = tokens.iter().map(|tok| {
+        let (c, tag) = (c.clone(), tag.clone());
+        async move {
+            let r = c
+                .get(&tag)
+                .header("accept", ANY_MANIFEST)
+                .bearer_auth(tok)
+                .send()
+                .await
+                .unwrap();
+            (r.status(), cache_status(&r), r.bytes().await.unwrap())
+        }
+    });
+    for (status, cache, body) in futures::future::join_all(pulls).await {
+        assert_eq!(status, 200);
+        assert!(cache == "revalidated" || cache == "hit", "{cache}");
+        assert_eq!(body, manifest.body);
+    }
+    let asked: Vec<_> = hub
+        .seen_by(REGISTRY)
+        .into_iter()
+        .skip(before)
+        .map(|s| format!("{} {}", s.method, s.path_and_query))
+        .collect();
+    assert_eq!(asked, ["HEAD /v2/library/app/manifests/v1"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -25,8 +25,12 @@ pub const AUTH: &str = "auth.docker.io";
 pub const CDN: &str = "production.cloudflare.docker.com";
 pub const STORAGE: &str = "docker-images-prod.abc123.r2.cloudflarestorage.com";
 pub const PRIVATE_REPO: &str = "acme/secret";
-/// The one manifest type the hub stores; asked for without it, a manifest is a 404.
+/// The manifest type `add_manifest` stores; asked for without it, a manifest is a 404.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Every manifest type, as skopeo and containerd ask.
+pub const ANY_MANIFEST: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 pub const USER: &str = "alice";
 pub const PASSWORD: &str = "s3cret-pa55";
 
@@ -51,7 +55,8 @@ pub enum BasicFirst {
 struct Inner {
     seen: Vec<Seen>,
     blobs: HashMap<String, Vec<u8>>,
-    manifests: HashMap<(String, String), (String, Vec<u8>)>,
+    /// By (repository, tag or digest): digest, media type, body.
+    manifests: HashMap<(String, String), (String, &'static str, Vec<u8>)>,
     ports: HashMap<&'static str, u16>,
     /// The registry answers 503 to everything.
     down: bool,
@@ -157,15 +162,48 @@ impl Hub {
     /// Stores an OCI manifest for `repo:tag` (and by digest) referring to `blob`.
     pub fn add_manifest(&self, repo: &str, tag: &str, blob: &str) -> Manifest {
         let body = format!(
-            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{blob}","size":1}},"layers":[]}}"#
-        )
-        .into_bytes();
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{blob}","size":1}},"layers":[]}}"#
+        );
+        self.add_manifest_typed(repo, tag, OCI_MANIFEST, body.into_bytes())
+    }
+
+    /// Stores a Docker v2 (schema 2) manifest for `repo:tag` referring to `blob`.
+    pub fn add_docker_manifest(&self, repo: &str, tag: &str, blob: &str) -> Manifest {
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{blob}","size":1}},"layers":[]}}"#
+        );
+        self.add_manifest_typed(repo, tag, DOCKER_MANIFEST, body.into_bytes())
+    }
+
+    /// Stores an OCI index for `repo:tag` over one OCI manifest per platform (`os/arch`),
+    /// each referring to its own blob; returns the index and the manifests in that order.
+    pub fn add_index(&self, repo: &str, tag: &str, platforms: &[(&str, &str)]) -> (Manifest, Vec<Manifest>) {
+        let mut children = Vec::new();
+        let mut entries = Vec::new();
+        for (platform, blob) in platforms {
+            let (os, arch) = platform.split_once('/').expect("os/arch");
+            let child = self.add_manifest(repo, &format!("{tag}-{os}-{arch}"), blob);
+            entries.push(format!(
+                r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{},"platform":{{"os":"{os}","architecture":"{arch}"}}}}"#,
+                child.digest,
+                child.body.len()
+            ));
+            children.push(child);
+        }
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+            entries.join(",")
+        );
+        (self.add_manifest_typed(repo, tag, OCI_INDEX, body.into_bytes()), children)
+    }
+
+    fn add_manifest_typed(&self, repo: &str, tag: &str, media_type: &'static str, body: Vec<u8>) -> Manifest {
         let digest = super::sha256(&body);
         let mut inner = self.lock();
         for reference in [tag, &digest] {
             inner.manifests.insert(
                 (repo.to_owned(), reference.to_owned()),
-                (digest.clone(), body.clone()),
+                (digest.clone(), media_type, body.clone()),
             );
         }
         Manifest { digest, body }
@@ -398,24 +436,25 @@ async fn registry(State(hub): State<Hub>, req: Request) -> Response {
         );
     }
     if path.contains("/manifests/") {
-        // distribution 2.8: an OCI manifest asked for without an OCI Accept is unknown.
-        let accepts_oci = req
-            .headers()
-            .get_all("accept")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.contains(OCI_MANIFEST));
+        // distribution 2.8: a manifest asked for without its type in Accept is unknown.
+        let accepts = |media_type: &str| {
+            req.headers()
+                .get_all("accept")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.contains(media_type))
+        };
         let found = hub
             .lock()
             .manifests
             .get(&(repo, reference))
             .cloned()
-            .filter(|_| accepts_oci);
+            .filter(|(_, media_type, _)| accepts(media_type));
         return match found {
-            Some((digest, body)) => respond(
+            Some((digest, media_type, body)) => respond(
                 StatusCode::OK,
                 &[
-                    ("content-type", OCI_MANIFEST.into()),
+                    ("content-type", media_type.into()),
                     ("docker-content-digest", digest),
                     ("ratelimit-limit", "100;w=21600".into()),
                     ("ratelimit-remaining", "99;w=21600".into()),
