@@ -93,3 +93,53 @@ async fn public_blob_is_served_to_anyone() {
     assert_eq!(common::sha256(&r.bytes().await.unwrap()), blob);
     assert_eq!(hub.seen().len(), asked, "a public hit asked the upstream");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_tag_points_only_for_accepted_credentials() {
+    let hub = Hub::start().await;
+    let manifest = hub.add_manifest(PRIVATE_REPO, "v1", &hub.add_blob(noise(1024, 79)));
+    let mirror = Mirror::start(&config(&hub));
+    let c = common::client(&[], mirror.addr());
+    let tag = mirror.url(&format!("/v2/{PRIVATE_REPO}/manifests/v1"));
+    let head = |tok: Option<String>| {
+        let mut r = c.head(&tag).header("accept", hub::ANY_MANIFEST);
+        if let Some(tok) = tok {
+            r = r.bearer_auth(tok);
+        }
+        r.send()
+    };
+
+    let alice = hub::pull_token(&c, &mirror, PRIVATE_REPO, Some((USER, PASSWORD))).await;
+    let r = head(Some(alice.clone())).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        manifest.digest.as_str()
+    );
+    let r = c
+        .get(&tag)
+        .header("accept", hub::ANY_MANIFEST)
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), manifest.body);
+    hub.wait_for_probe(PRIVATE_REPO).await;
+
+    // Neither no token nor an anonymous one learns where the private tag points.
+    // The pointer is not followed for them at all: nothing is asked by digest.
+    let anon = hub::pull_token(&c, &mirror, PRIVATE_REPO, None).await;
+    let by_digest = hub.count_path(REGISTRY, "/manifests/sha256:");
+    for tok in [None, Some(anon)] {
+        let r = head(tok.clone()).await.unwrap();
+        assert_eq!(r.status(), 401, "token {tok:?}");
+        assert!(!r.headers().contains_key("docker-content-digest"));
+    }
+    assert_eq!(hub.count_path(REGISTRY, "/manifests/sha256:"), by_digest);
+    // Alice's own token follows the pointer from the cache: the registry is not asked.
+    let before = hub.count(REGISTRY);
+    let r = head(Some(alice)).await.unwrap();
+    assert_eq!((r.status().as_u16(), cache_status(&r)), (200, "hit"));
+    assert_eq!(hub.count(REGISTRY), before);
+    assert!(!r.headers().contains_key("x-pullthrough-pointer-private"));
+}
