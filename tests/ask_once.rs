@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::hub::{self, Hub, ANY_MANIFEST, REGISTRY};
+use common::hub::{self, Hub, REGISTRY};
 use common::registry::noise;
 use common::{cache_status, Mirror};
 
@@ -104,13 +104,7 @@ async fn docker_pull(
     tok: &str,
 ) -> Vec<String> {
     let manifest = |reference: &str| mirror.url(&format!("/v2/{repo}/manifests/{reference}"));
-    let head = c
-        .head(manifest(tag))
-        .header("accept", ANY_MANIFEST)
-        .bearer_auth(tok)
-        .send()
-        .await
-        .unwrap();
+    let head = c.head(manifest(tag)).bearer_auth(tok).send().await.unwrap();
     assert_eq!(head.status(), 200, "HEAD {repo}:{tag}");
     let digest = head.headers()["docker-content-digest"]
         .to_str()
@@ -121,7 +115,6 @@ async fn docker_pull(
     while let Some(digest) = pending.pop() {
         let r = c
             .get(manifest(&digest))
-            .header("accept", ANY_MANIFEST)
             .bearer_auth(tok)
             .send()
             .await
@@ -215,13 +208,7 @@ async fn fifty_requests_on_a_stale_tag_send_one_head() {
     let c = common::client(&[], mirror.addr());
     let tag = mirror.url("/v2/library/app/manifests/v1");
     let tok = hub::pull_token(&c, &mirror, "library/app", None).await;
-    let r = c
-        .get(&tag)
-        .header("accept", ANY_MANIFEST)
-        .bearer_auth(&tok)
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(&tag).bearer_auth(&tok).send().await.unwrap();
     assert_eq!(r.bytes().await.unwrap(), manifest.body);
     hub.wait_for_probe("library/app").await;
     let mut tokens = Vec::new();
@@ -233,13 +220,7 @@ async fn fifty_requests_on_a_stale_tag_send_one_head() {
     let pulls = tokens.iter().map(|tok| {
         let (c, tag) = (c.clone(), tag.clone());
         async move {
-            let r = c
-                .get(&tag)
-                .header("accept", ANY_MANIFEST)
-                .bearer_auth(tok)
-                .send()
-                .await
-                .unwrap();
+            let r = c.get(&tag).bearer_auth(tok).send().await.unwrap();
             (r.status(), cache_status(&r), r.bytes().await.unwrap())
         }
     });

@@ -34,13 +34,25 @@ fn status_of(r: &reqwest::Response) -> String {
         .unwrap_or_default()
 }
 
-/// Files under the cache's committed objects.
+/// Files of the content entries under the cache's committed objects (a sidecar `H.meta`
+/// and its bodies `H.*.body`); the mirror's records (tag pointers, access verdicts) left out.
 fn committed(cache: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let objects = cache.join("v1/objects");
     for shard in std::fs::read_dir(&objects).into_iter().flatten().flatten() {
-        for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
-            out.push(f.file_name().to_string_lossy().into_owned());
+        let files: Vec<_> = std::fs::read_dir(shard.path()).unwrap().flatten().collect();
+        let is_record = |hash: &str| {
+            let meta = std::fs::read(shard.path().join(format!("{hash}.meta"))).unwrap_or_default();
+            [&b"x-pullthrough-verdict"[..], b"x-pullthrough-pointer"]
+                .iter()
+                .any(|mark| meta.windows(mark.len()).any(|w| w == *mark))
+        };
+        for f in files {
+            let name = f.file_name().to_string_lossy().into_owned();
+            let hash = name.split('.').next().unwrap_or_default();
+            if !is_record(hash) {
+                out.push(name);
+            }
         }
     }
     out

@@ -78,7 +78,17 @@ async fn counters_equal_what_was_sent() {
         .to_owned();
     let missing_len = missing.bytes().await.unwrap().len();
 
-    let text = common::get_text(&c, admin_url("/metrics")).await;
+    // Filled with a token: the background probe finds library/m public and keeps that
+    // verdict on disk, a third entry beside the manifest and the tag's pointer.
+    hub.wait_for_probe("library/m").await;
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = common::get_text(&c, admin_url("/metrics")).await;
+        if sample(&text, "pullthrough_cache_items", &[]) == Some(3.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let req = |route, status, cache| {
         sample(
             &text,
@@ -118,11 +128,11 @@ async fn counters_equal_what_was_sent() {
         Some(3.0),
         "{text}"
     );
-    // The manifest, and the tag's pointer to it (its body: the digest).
-    assert_eq!(sample(&text, "pullthrough_cache_items", &[]), Some(2.0));
+    // The manifest, the tag's pointer to it (its body: the digest) and the verdict.
+    assert_eq!(sample(&text, "pullthrough_cache_items", &[]), Some(3.0));
     assert_eq!(
         sample(&text, "pullthrough_cache_size_bytes", &[]),
-        Some((manifest.body.len() + manifest.digest.len()) as f64)
+        Some((manifest.body.len() + manifest.digest.len() + "public".len()) as f64)
     );
     assert_eq!(
         sample(&text, "pullthrough_digest_mismatches_total", &[]),
@@ -144,7 +154,7 @@ async fn counters_equal_what_was_sent() {
         .await
         .unwrap();
     assert_eq!(stats["pid"], mirror.pid());
-    assert_eq!(stats["cache"]["items"], 2);
+    assert_eq!(stats["cache"]["items"], 3);
     assert_eq!(
         c.get(admin_url("/healthz")).send().await.unwrap().status(),
         200

@@ -53,6 +53,51 @@ async fn warm(extra: &str) -> Warm {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn tags_point_the_way_after_a_restart_with_the_registry_down() {
+    let cache = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "cache: {{ dir: \"{}\", tag_ttl: 1s }}\n",
+        cache.path().display()
+    );
+    let mut w = warm(&extra).await;
+    // A clean stop; the registry goes down; a new process starts on the same cache.
+    w.mirror.stop();
+    w.hub.set_down(true);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    w.mirror = Mirror::start(&format!(
+        "default_route: docker\n{extra}{}",
+        w.hub.mirror_config()
+    ));
+    w.c = common::client(&[], w.mirror.addr());
+    let r = w.c.get(w.mirror.url("/v2/")).send().await.unwrap();
+    // A new process knows no realm yet: /v2/ unchallenged, the content as anyone may read it.
+    assert_eq!(r.status(), 200, "/v2/ while the upstream is down");
+    let before = w.hub.count(REGISTRY);
+    for _ in 0..2 {
+        let statuses = pull_without_token(&w).await;
+        assert_eq!(statuses, ["stale", "hit", "hit"]);
+    }
+    assert_eq!(
+        w.hub.count(REGISTRY) - before,
+        0,
+        "the outage was learned by /v2/"
+    );
+    assert!(w.mirror.log().contains("following the tag's last pointer"));
+}
+
+/// Every path, without a token (a client that found `/v2/` unchallenged).
+async fn pull_without_token(w: &Warm) -> Vec<String> {
+    let mut statuses = Vec::new();
+    for p in &w.paths {
+        let r = w.c.get(w.mirror.url(p)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{p}");
+        statuses.push(cache_status(&r));
+        r.bytes().await.unwrap();
+    }
+    statuses
+}
+
 /// A client's pull as docker and skopeo do it: `/v2/`, a token from the realm the challenge
 /// names, then every path; returns each answer's cache status.
 async fn pull(w: &Warm) -> Vec<String> {

@@ -87,6 +87,15 @@ pub fn pointer_key(route: &Route, path: &V2Path, accept: &[&str]) -> Option<Cach
     Some(CacheKey::new(primary, route.name.as_str()))
 }
 
+/// The key of a repository's last access verdict (`cache::record`), per upstream and
+/// canonical repository name.
+pub fn verdict_key(route: &Route, repo: &str) -> CacheKey {
+    CacheKey::new(
+        format!("{}/{repo}#verdict", route.upstream),
+        route.name.as_str(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use pingora::cache::key::CacheHashKey;

@@ -9,6 +9,7 @@ mod hot;
 pub mod key;
 pub mod pointer;
 pub mod policy;
+mod record;
 mod sidecar;
 pub mod verify;
 

@@ -8,10 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::HeaderValue;
-use log::warn;
-use pingora::cache::eviction::{CacheEntryKey, EvictionManager};
-use pingora::cache::trace::Span;
-use pingora::cache::{CacheKey, CacheMeta, Storage};
+use pingora::cache::{CacheKey, CacheMeta};
 use pingora::http::ResponseHeader;
 
 use super::Cache;
@@ -102,43 +99,16 @@ impl TagPointer {
 impl Cache {
     /// The pointer stored under `key`, if any (however old).
     pub async fn read_pointer(&self, key: &CacheKey) -> Option<TagPointer> {
-        let span = Span::inactive().handle();
-        let (meta, _) = self.storage.lookup(key, &span).await.ok()??;
-        TagPointer::from_meta(&meta)
+        TagPointer::from_meta(&self.read_record(key).await?)
     }
 
-    /// Stores a pointer under `key` (replacing the one there).
+    /// Stores a pointer under `key` (replacing the one there). Its body repeats the digest,
+    /// never read: the headers say it all.
     pub async fn write_pointer(&self, key: &CacheKey, pointer: &TagPointer) {
         let Some(meta) = pointer.meta(self.ttl.tag_ttl) else {
             return;
         };
-        let span = Span::inactive().handle();
-        // The body repeats the digest (never read: the headers say it all), so the pointer
-        // weighs in the LRU what the start-up scan will weigh it, its body's length.
         let body = Bytes::from(pointer.digest.to_string());
-        let weight = body.len();
-        let stored = async {
-            let mut miss = self.storage.get_miss_handler(key, &meta, &span).await?;
-            let id = miss.entry_id();
-            miss.write_body(body, true).await?;
-            miss.finish().await?;
-            Ok::<_, Box<pingora::Error>>(id)
-        };
-        match stored.await {
-            Ok(id) => {
-                let entry = CacheEntryKey::from_entry_id(key.to_compact(), id);
-                for victim in self
-                    .eviction
-                    .admit(entry, weight, meta.fresh_until())
-                {
-                    let target = pingora::cache::storage::PurgeTarget::Exact(&victim);
-                    let purge = pingora::cache::storage::PurgeType::Eviction;
-                    if let Err(e) = self.storage.purge(target, purge, &span).await {
-                        warn!("cannot evict {victim}: {e}");
-                    }
-                }
-            }
-            Err(e) => warn!("tag pointer not stored: {e}"),
-        }
+        self.write_record(key, &meta, body).await;
     }
 }

@@ -9,7 +9,7 @@ use log::debug;
 use pingora::proxy::Session;
 
 use super::{Mirror, RequestCtx, Shared};
-use crate::cache::key::MANIFEST_ACCEPT;
+use crate::cache::key::{self, MANIFEST_ACCEPT};
 use crate::proxy::plan::Target;
 use crate::proxy::token::{TokenRequest, UpstreamRealm};
 use crate::registry::{Challenge, V2Path};
@@ -259,15 +259,27 @@ impl Shared {
                     if public { "public" } else { "private" }
                 );
                 book.remember(&route.name, repo, public);
+                let on_disk = key::verdict_key(route, repo);
+                self.cache.write_verdict(&on_disk, public).await;
                 Ok::<bool, Unreachable>(public)
             })
             .await;
         match decided {
             Ok(public) => *public,
             // Undecided (the cell stays empty for the next reader): the last verdict stands
-            // in; never decided means private.
+            // in, from memory or else from disk (a restart during the outage), for up to
+            // `cache.stale_for`; never decided means private.
             Err(Unreachable) => {
-                let last = book.last_verdict(&route.name, repo);
+                let mut last = book.last_verdict(&route.name, repo);
+                if last.is_none() {
+                    let on_disk = key::verdict_key(route, repo);
+                    last = self
+                        .cache
+                        .read_verdict(&on_disk)
+                        .await
+                        .filter(|(_, age)| *age <= self.cache.ttl.stale_for)
+                        .map(|(public, _)| public);
+                }
                 debug!(target: super::CACHE_LOG,
                     "route {}: upstream unavailable, {repo} taken as {} (last verdict {last:?})",
                     route.name,

@@ -40,8 +40,8 @@ use crate::routes::RouteTable;
 use crate::tls::SniName;
 use crate::upstream::{Credentials, Resolver};
 
-pub use ctx::RequestCtx;
 use access::learned_privately;
+pub use ctx::RequestCtx;
 use hops::{HopKind, RedirectOutcome};
 use plan::{Canned, Incoming, Plan};
 use realms::RealmBook;

@@ -307,6 +307,16 @@ impl Mirror {
             Err(why) => return PointerCheck::Unavailable(why),
         };
         s.outages.mark_up(&route.name);
+        // A challenge teaches the route's realm: the next client without a token is sent
+        // straight on (`follow_tag_pointer`).
+        if resp.status == 401 {
+            let realm = Challenge::from_headers(&resp.headers)
+                .as_ref()
+                .and_then(UpstreamRealm::from_challenge);
+            if let Some(realm) = realm {
+                s.realms.learn(&route.name, realm);
+            }
+        }
         match TagPointer::from_answer(&resp).filter(|_| resp.status == 200) {
             Some(pointer) => PointerCheck::Found(pointer),
             None => {

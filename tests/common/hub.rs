@@ -29,8 +29,6 @@ pub const PRIVATE_REPO: &str = "acme/secret";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// Every manifest type, as skopeo and containerd ask.
-pub const ANY_MANIFEST: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 pub const USER: &str = "alice";
 pub const PASSWORD: &str = "s3cret-pa55";
 
@@ -177,7 +175,12 @@ impl Hub {
 
     /// Stores an OCI index for `repo:tag` over one OCI manifest per platform (`os/arch`),
     /// each referring to its own blob; returns the index and the manifests in that order.
-    pub fn add_index(&self, repo: &str, tag: &str, platforms: &[(&str, &str)]) -> (Manifest, Vec<Manifest>) {
+    pub fn add_index(
+        &self,
+        repo: &str,
+        tag: &str,
+        platforms: &[(&str, &str)],
+    ) -> (Manifest, Vec<Manifest>) {
         let mut children = Vec::new();
         let mut entries = Vec::new();
         for (platform, blob) in platforms {
@@ -194,10 +197,19 @@ impl Hub {
             r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
             entries.join(",")
         );
-        (self.add_manifest_typed(repo, tag, OCI_INDEX, body.into_bytes()), children)
+        (
+            self.add_manifest_typed(repo, tag, OCI_INDEX, body.into_bytes()),
+            children,
+        )
     }
 
-    fn add_manifest_typed(&self, repo: &str, tag: &str, media_type: &'static str, body: Vec<u8>) -> Manifest {
+    fn add_manifest_typed(
+        &self,
+        repo: &str,
+        tag: &str,
+        media_type: &'static str,
+        body: Vec<u8>,
+    ) -> Manifest {
         let digest = super::sha256(&body);
         let mut inner = self.lock();
         for reference in [tag, &digest] {

@@ -168,6 +168,17 @@ impl Mirror {
         false
     }
 
+    /// Stops the process cleanly (SIGTERM: graceful shutdown, the cache's LRU order saved)
+    /// and waits (bounded) for it to exit.
+    pub fn stop(&mut self) {
+        let term = Command::new("kill")
+            .args(["-s", "TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(term.success());
+        assert!(self.wait_exit(), "the mirror did not stop on SIGTERM");
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
