@@ -13,6 +13,7 @@ pub mod cache;
 pub mod config;
 pub mod guard;
 pub mod healthcheck;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod redirect;

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    pullthrough::logging::init();
     let mut opt = Opt::parse_args();
     let Some(path) = opt.conf.take() else {
         eprintln!("pullthrough: no config file; run with -c FILE (see conf/pullthrough.yaml)");

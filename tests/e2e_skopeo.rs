@@ -63,6 +63,9 @@ fn skopeo_pulls_through_every_way_in() {
     ] {
         assert!(log.contains(via), "no {via} in the log:\n{log}");
     }
+    // Normal operation logs nothing at ERROR or WARN: every pull here is a good one.
+    let loud = common::loud_lines(&log);
+    assert!(loud.is_empty(), "{loud:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -107,6 +110,8 @@ async fn skopeo_through_token_auth_registry() {
             log.contains("GET /v2/auth: route secure by default route"),
             "{log}"
         );
+        let loud = common::loud_lines(&log);
+        assert!(loud.is_empty(), "{loud:#?}");
     });
 }
 

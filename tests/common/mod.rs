@@ -235,6 +235,13 @@ pub fn client(names: &[&str], addr: SocketAddr) -> reqwest::Client {
     b.build().expect("client")
 }
 
+/// The lines of a mirror's log at ERROR or WARN.
+pub fn loud_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+        .collect()
+}
+
 /// The body of `GET url` as text (admin pages: `/metrics`, `/stats`).
 pub async fn get_text(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
     c.get(url).send().await.unwrap().text().await.unwrap()
