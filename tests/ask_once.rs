@@ -201,6 +201,34 @@ async fn new_tokens_pull_an_oci_image_an_oci_index_and_a_docker_image_with_one_g
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_first_docker_pull_asks_the_registry_what_a_direct_pull_asks() {
+    let hub = Hub::start().await;
+    let blob = hub.add_blob(noise(4096, 6));
+    let manifest = hub.add_manifest("library/first", "v1", &blob);
+    let mirror = Mirror::start(&config(&hub));
+    let c = common::client(&[], mirror.addr());
+    let tok = hub::pull_token(&c, &mirror, "library/first", None).await;
+    let statuses = docker_pull(&c, &mirror, "library/first", "v1", &tok).await;
+    assert_eq!(statuses, ["miss", "miss", "miss"]);
+    // What the client's own token asked (the mirror's background access probe, with an
+    // anonymous token of its own, is not the client's doing).
+    let asked: Vec<_> = hub
+        .seen_by(REGISTRY)
+        .into_iter()
+        .filter(|s| s.authorization.as_deref() == Some(format!("Bearer {tok}").as_str()))
+        .map(|s| format!("{} {}", s.method, s.path_and_query))
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            "HEAD /v2/library/first/manifests/v1".to_owned(),
+            format!("GET /v2/library/first/manifests/{}", manifest.digest),
+            format!("GET /v2/library/first/blobs/{blob}"),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn fifty_requests_on_a_stale_tag_send_one_head() {
     let hub = Hub::start().await;
     let manifest = hub.add_manifest("library/app", "v1", &hub.add_blob(noise(1024, 5)));

@@ -50,6 +50,8 @@ pub struct Cache {
     pub max_object_size: usize,
     /// Who may read content filled with credentials.
     pub access: access::AccessBook,
+    /// Tag pointers read or written by this process, in front of their records on disk.
+    pointers: pointer::PointerMemo,
     /// Which cold fills may start (`cache.max_fills`, room on the disk).
     pub fills: std::sync::Arc<admission::FillGate>,
     /// Where the eviction manager's state is saved (`cache.dir/v1/index`).
@@ -118,6 +120,7 @@ impl Cache {
                 stale_for: config.stale_for,
             },
             access: access::AccessBook::with_lives(config.verdict_ttl, config.stale_for),
+            pointers: pointer::PointerMemo::default(),
             fills: admission::FillGate::new(config.dir.clone(), config.max_fills),
             index_dir,
             young_orphans: Mutex::new(scan.young_orphans),

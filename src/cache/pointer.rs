@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::HeaderValue;
+use pingora::cache::key::CacheHashKey;
 use pingora::cache::{CacheKey, CacheMeta};
 use pingora::http::ResponseHeader;
 
@@ -96,10 +97,51 @@ impl TagPointer {
     }
 }
 
+/// A HEAD by tag answered from its pointer: what the upstream's own HEAD said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagHead {
+    pub digest: Digest,
+    pub media_type: HeaderValue,
+    pub length: u64,
+    /// `X-Cache-Status`.
+    pub served: &'static str,
+}
+
+impl TagHead {
+    /// The answer, when the pointer knows all a HEAD must say.
+    pub fn of(pointer: &TagPointer, served: &'static str) -> Option<TagHead> {
+        Some(TagHead {
+            digest: pointer.digest.clone(),
+            media_type: pointer.media_type.clone()?,
+            length: pointer.length?,
+            served,
+        })
+    }
+}
+
+/// Pointers this process knows, by key: a tag hit costs a memory lookup, not a storage
+/// lookup. Bounded (least used dropped first; the disk still has it).
+pub struct PointerMemo(moka::sync::Cache<[u8; 16], TagPointer>);
+
+/// Pointers the memo holds at most.
+const MEMO_CAPACITY: u64 = 100_000;
+
+impl Default for PointerMemo {
+    fn default() -> Self {
+        PointerMemo(moka::sync::Cache::new(MEMO_CAPACITY))
+    }
+}
+
 impl Cache {
     /// The pointer stored under `key`, if any (however old).
     pub async fn read_pointer(&self, key: &CacheKey) -> Option<TagPointer> {
-        TagPointer::from_meta(&self.read_record(key).await?)
+        let bin = key.combined_bin();
+        if let Some(pointer) = self.pointers.0.get(&bin) {
+            return Some(pointer);
+        }
+        let pointer = TagPointer::from_meta(&self.read_record(key).await?)?;
+        self.pointers.0.insert(bin, pointer.clone());
+        Some(pointer)
     }
 
     /// Stores a pointer under `key` (replacing the one there). Its body repeats the digest,
@@ -110,5 +152,6 @@ impl Cache {
         };
         let body = Bytes::from(pointer.digest.to_string());
         self.write_record(key, &meta, body).await;
+        self.pointers.0.insert(key.combined_bin(), pointer.clone());
     }
 }

@@ -304,7 +304,10 @@ impl ProxyHttp for Mirror {
                 if (method == http::Method::GET || method == http::Method::HEAD)
                     && ctx.registry_path().is_some_and(policy::is_tag)
                 {
-                    self.follow_tag_pointer(session, ctx).await;
+                    if let Some(canned) = self.follow_tag_pointer(session, ctx).await {
+                        responses::send(session, &canned).await?;
+                        return Ok(true);
+                    }
                 }
                 Ok(false)
             }

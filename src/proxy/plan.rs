@@ -43,6 +43,8 @@ pub enum Canned {
     },
     /// A token request while the upstream's realm is unavailable (see `offline`).
     OfflineToken,
+    /// A HEAD by tag answered from the tag's pointer (`proxy::tags`).
+    TagHead(crate::cache::pointer::TagHead),
 }
 
 /// What the upstream is asked for.

@@ -5,6 +5,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
+use crate::cache::verify::DIGEST_HEADER;
 use crate::registry::{Challenge, ErrorCode, RegistryError};
 
 use super::plan::Canned;
@@ -69,6 +70,19 @@ pub async fn send(session: &mut Session, canned: &Canned) -> Result<u16> {
                 t = super::offline::OFFLINE_TOKEN
             );
             write(session, 200, "application/json", Bytes::from(body), &[]).await?;
+            Ok(200)
+        }
+        Canned::TagHead(head) => {
+            let mut resp = ResponseHeader::build(200, Some(5))?;
+            resp.insert_header("Content-Type", head.media_type.clone())?;
+            resp.insert_header("Content-Length", head.length)?;
+            resp.insert_header(DIGEST_HEADER, head.digest.to_string())?;
+            resp.insert_header(API_VERSION.0, API_VERSION.1)?;
+            resp.insert_header("X-Cache-Status", head.served)?;
+            if head.served == "stale" {
+                resp.insert_header("Warning", "110 - \"Response is Stale\"")?;
+            }
+            session.write_response_header(Box::new(resp), true).await?;
             Ok(200)
         }
         Canned::TooMany(after) => {

@@ -14,7 +14,8 @@ use pingora::cache::key::CacheHashKey;
 use http::HeaderValue;
 
 use super::*;
-use crate::cache::pointer::TagPointer;
+use crate::cache::pointer::{TagHead, TagPointer};
+use crate::proxy::plan::Canned;
 use crate::registry::{Reference, V2Path};
 use crate::routes::Route;
 
@@ -108,14 +109,18 @@ impl Mirror {
         }
     }
 
-    /// Follows a tag's pointer: rewrites a request by tag (GET or HEAD) into one by the digest
-    /// it points to, learning or refreshing the pointer first with one coalesced upstream
-    /// HEAD when it is missing or stale. Leaves the request as it is when the upstream names
-    /// no digest for the tag, or cannot answer and no pointer recent enough stands in.
-    pub(super) async fn follow_tag_pointer(&self, session: &Session, ctx: &mut RequestCtx) {
-        let (Some(route), Some(path)) = (ctx.route.clone(), ctx.registry_path().cloned()) else {
-            return;
-        };
+    /// Follows a tag's pointer: answers a HEAD by tag from the pointer itself, and rewrites
+    /// a GET by tag into one by the digest it points to, learning or refreshing the pointer
+    /// first with one coalesced upstream HEAD when it is missing or stale. Leaves the request
+    /// as it is when the upstream names no digest for the tag, or cannot answer and no
+    /// pointer recent enough stands in.
+    pub(super) async fn follow_tag_pointer(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> Option<Canned> {
+        let route = ctx.route.clone()?;
+        let path = ctx.registry_path().cloned()?;
         let req = session.req_header();
         let accept: Vec<&str> = req
             .headers
@@ -123,17 +128,15 @@ impl Mirror {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        let Some(key) = key::pointer_key(&route, &path, &accept) else {
-            return;
-        };
+        let key = key::pointer_key(&route, &path, &accept)?;
         let s = &self.shared;
         let ttl = &s.cache.ttl;
         let known = s.cache.read_pointer(&key).await;
         if let Some(pointer) = known.as_ref().filter(|p| p.age() < ttl.tag_ttl) {
-            if self.may_follow(session, ctx, pointer).await {
-                self.point_to(ctx, &path, pointer, None);
+            if !self.may_follow(session, ctx, pointer).await {
+                return None;
             }
-            return;
+            return self.point_to(session, ctx, &path, pointer, "hit");
         }
         // A client without a token on a registry that wants one gets its challenge from the
         // request itself; a HEAD first would only double the 401 (containerd asks so first).
@@ -142,7 +145,7 @@ impl Mirror {
             && s.realms.get(&route.name).is_some()
             && !s.outages.is_down(&route.name)
         {
-            return;
+            return None;
         }
         let bin = key.combined_bin();
         let cell = in_flight_cell(&s.tag_checks.pointers, bin);
@@ -169,22 +172,25 @@ impl Mirror {
             .await
             .clone();
         settle(&s.tag_checks.pointers, bin, &cell);
-        match (outcome, known) {
+        let (pointer, served) = match (outcome, known) {
             (PointerCheck::Found(pointer), known) => {
                 if asked {
                     self.granted_by_answer(session, ctx, &pointer);
                 } else if !self.may_follow(session, ctx, &pointer).await {
-                    return;
+                    return None;
                 }
                 // A pointer asked again: what the cache serves for it was revalidated.
-                let note = known.map(|_| {
-                    debug!(target: CACHE_LOG,
-                        "route {}: {path}: pointer revalidated by HEAD",
-                        route.name
-                    );
-                    "revalidated"
-                });
-                self.point_to(ctx, &path, &pointer, note)
+                let served = match known {
+                    Some(_) => {
+                        debug!(target: CACHE_LOG,
+                            "route {}: {path}: pointer revalidated by HEAD",
+                            route.name
+                        );
+                        "revalidated"
+                    }
+                    None => "miss",
+                };
+                (pointer, served)
             }
             (PointerCheck::Unavailable(why), Some(last)) => {
                 let past = last.age().saturating_sub(ttl.tag_ttl);
@@ -193,19 +199,20 @@ impl Mirror {
                         "route {}: {why}; the tag's pointer is {past:?} stale, past cache.stale_for ({:?}): not followed",
                         route.name, ttl.stale_for
                     );
-                    return;
+                    return None;
                 }
                 if !self.may_follow(session, ctx, &last).await {
-                    return;
+                    return None;
                 }
                 warn!(target: CACHE_LOG,
                     "route {}: {why}: following the tag's last pointer ({past:?} stale)",
                     route.name
                 );
-                self.point_to(ctx, &path, &last, Some("stale"));
+                (last, "stale")
             }
-            (PointerCheck::Unavailable(_) | PointerCheck::NotFound, _) => {}
-        }
+            (PointerCheck::Unavailable(_) | PointerCheck::NotFound, _) => return None,
+        };
+        self.point_to(session, ctx, &path, &pointer, served)
     }
 
     /// Whether this reader may follow a pointer: always when anyone could have learned it,
@@ -237,31 +244,42 @@ impl Mirror {
             .grant(&route.name, repo.as_str(), credential.as_bytes());
     }
 
-    /// Rewrites the request by tag into the request by the pointer's digest.
+    /// Follows the pointer for this request: a HEAD is answered from the pointer itself
+    /// (`served` is what `X-Cache-Status` says), a GET is rewritten into the request by the
+    /// pointer's digest (served from its entry: `served` stands when that is a hit).
     fn point_to(
         &self,
+        session: &Session,
         ctx: &mut RequestCtx,
         path: &V2Path,
         pointer: &TagPointer,
-        note: Option<&'static str>,
-    ) {
+        served: &'static str,
+    ) -> Option<Canned> {
+        debug!(target: CACHE_LOG,
+            "route {}: {path} points to {}",
+            ctx.route_name(),
+            pointer.digest
+        );
+        if session.req_header().method == http::Method::HEAD {
+            if let Some(head) = TagHead::of(pointer, served) {
+                ctx.cache_status = Some(served);
+                return Some(Canned::TagHead(head));
+            }
+        }
         let (V2Path::Manifest { name, .. }, Some(plan::Target::Registry { path: target, .. })) =
             (path, ctx.target.as_mut())
         else {
-            return;
+            return None;
         };
-        debug!(target: CACHE_LOG,
-            "route {}: {path} points to {}",
-            ctx.route.as_ref().map_or("", |r| r.name.as_str()),
-            pointer.digest
-        );
         *target = V2Path::Manifest {
             name: name.clone(),
             reference: Reference::Digest(pointer.digest.clone()),
         };
         // The hop is built from the target on first use.
         ctx.hop = None;
-        ctx.cache_note = note;
+        // "hit" and "miss" are the cache's to say; the others only the pointer knows.
+        ctx.cache_note = Some(served).filter(|s| !matches!(*s, "hit" | "miss"));
+        None
     }
 
     /// The one upstream HEAD that learns where a tag points, with the client's credentials
