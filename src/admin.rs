@@ -45,6 +45,11 @@ impl AdminApp {
                 "corrupt_entries": s.corrupt_entries.load(Ordering::Relaxed),
             },
             "routes": self.shared.routes.routes().iter().map(|r| r.as_ref()).collect::<Vec<_>>(),
+            "cluster": self.shared.cluster.as_ref().map(|c| serde_json::json!({
+                "node": c.node,
+                "keep_local": c.keep_local,
+                "members": c.members(),
+            })),
         })
     }
 }
@@ -64,6 +69,9 @@ impl ServeHttp for AdminApp {
         match session.req_header().uri.path() {
             "/metrics" => {
                 METRICS.refresh_cache(&self.shared.cache);
+                if let Some(cluster) = &self.shared.cluster {
+                    METRICS.refresh_cluster(&cluster.members());
+                }
                 PrometheusHttpApp.response(session).await
             }
             "/healthz" => respond(200, "text/plain", b"ok\n".to_vec()),

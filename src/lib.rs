@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod guard;
 pub mod healthcheck;

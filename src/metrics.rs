@@ -4,7 +4,7 @@
 use once_cell::sync::Lazy;
 use prometheus::{
     register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
-    HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 use crate::cache::Cache;
@@ -13,7 +13,7 @@ use crate::cache::Cache;
 pub struct Metrics {
     /// Requests by route, status class and cache result.
     pub requests: IntCounterVec,
-    /// Response body bytes by where they came from: `cache` or `upstream`.
+    /// Response body bytes by where they came from: `cache`, `upstream` or `peer` (an owner).
     pub bytes_served: IntCounterVec,
     /// Time from the first upstream attempt to the final upstream response header, by route.
     pub upstream_seconds: HistogramVec,
@@ -38,10 +38,18 @@ pub struct Metrics {
     pub fills_refused: IntCounterVec,
     /// Bytes reserved on the cache's disk by running fills.
     pub fills_reserved_bytes: IntGauge,
+    /// Requests between cluster nodes, by direction (`in`: a peer asked us, `out`: we asked
+    /// an owner) and outcome (`accepted`, `refused`, `unreachable`, or the status class).
+    pub peer_requests: IntCounterVec,
+    /// Response body bytes between cluster nodes, by direction.
+    pub peer_bytes: IntCounterVec,
+    /// Cluster members by state: `live` (passing health checks) or `down`.
+    pub cluster_members: IntGaugeVec,
 }
 
 /// The metrics, registered once on first use.
-pub static METRICS: Lazy<Metrics> = Lazy::new(|| Metrics {
+pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
+    Metrics {
     requests: register_int_counter_vec!(
         "pullthrough_requests_total",
         "Requests by route, HTTP status class and cache result",
@@ -50,7 +58,7 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| Metrics {
     .expect("metric registers once"),
     bytes_served: register_int_counter_vec!(
         "pullthrough_bytes_served_total",
-        "Response body bytes sent, by source (cache or upstream)",
+        "Response body bytes sent, by source (cache, upstream, or peer: a cluster owner)",
         &["source"]
     )
     .expect("metric registers once"),
@@ -125,11 +133,30 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| Metrics {
         "Connections refused to internal addresses named by an upstream (redirects, realms)"
     )
     .expect("metric registers once"),
+    peer_requests: register_int_counter_vec!(
+        "pullthrough_peer_requests_total",
+        "Requests between cluster nodes, by direction (in, out) and outcome",
+        &["direction", "outcome"]
+    )
+    .expect("metric registers once"),
+    peer_bytes: register_int_counter_vec!(
+        "pullthrough_peer_bytes_total",
+        "Response body bytes between cluster nodes: in (served to a peer), out (relayed from an owner)",
+        &["direction"]
+    )
+    .expect("metric registers once"),
+    cluster_members: register_int_gauge_vec!(
+        "pullthrough_cluster_members",
+        "Cluster members by state: live (passing health checks) or down",
+        &["state"]
+    )
+    .expect("metric registers once"),
     send_timeouts: register_int_counter!(
         "pullthrough_send_timeouts_total",
         "Responses cut because the client did not read them fast enough"
     )
     .expect("metric registers once"),
+}
 });
 
 /// `2xx`, `4xx`, ...; `none` when no response was written.
@@ -165,6 +192,17 @@ impl Metrics {
             &self.cache_write_failures,
             stats.write_failures.load(Relaxed),
         );
+    }
+}
+
+impl Metrics {
+    /// Sets the member gauges from this node's view of the ring.
+    pub fn refresh_cluster(&self, members: &[crate::cluster::Member]) {
+        let live = members.iter().filter(|m| m.live).count() as i64;
+        self.cluster_members.with_label_values(&["live"]).set(live);
+        self.cluster_members
+            .with_label_values(&["down"])
+            .set(members.len() as i64 - live);
     }
 }
 

@@ -51,6 +51,7 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
         repositories,
         trusted_proxies,
         tls,
+        cluster: cluster_config,
     } = config;
     let cache = Cache::open(&cache_config)
         .map_err(|e| BuildError::Cache(cache_config.dir.display().to_string(), e))?;
@@ -68,6 +69,18 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
     ));
     server.add_service(background_service("cache keeper", cache.keeper()));
     let connection_limits = limits.connections;
+    let peer_listener = cluster_config.as_ref().map(|c| c.node);
+    let cluster = cluster_config.map(|c| {
+        let ring = background_service("cluster ring", crate::cluster::ring(&c.peers));
+        let cluster = crate::cluster::Cluster::new(c, ring.task());
+        server.add_service(ring);
+        info!(
+            "cluster node {}: members {:?}",
+            cluster.node,
+            cluster.members().iter().map(|m| m.addr).collect::<Vec<_>>()
+        );
+        cluster
+    });
     let shared = Arc::new(Shared {
         draining,
         guard: crate::guard::Guard::new(limits),
@@ -83,6 +96,7 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
         side: crate::upstream::SideClient::new(),
         outages: Default::default(),
         tag_checks: Default::default(),
+        cluster,
     });
     if let Some(addr) = admin_listen {
         let app = pingora::apps::http_app::HttpServer::new_app(AdminApp::new(shared.clone()));
@@ -105,6 +119,10 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
     // straight into the parser's own bounded buffer instead.
     let l4_buffer = L4BufferSettings::default().read(0);
     for addr in &listen {
+        service.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(l4_buffer));
+    }
+    // Requests from the other members; only signed ones pass (`proxy::cluster`).
+    if let Some(addr) = peer_listener {
         service.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(l4_buffer));
     }
     if let Some(tls) = tls {

@@ -222,14 +222,21 @@ async fn connections_over_the_cap_get_503_until_one_closes() {
     for _ in 0..4 {
         idle.push(TcpStream::connect(mirror.addr()).await.unwrap());
     }
-    // Wait (bounded) until the mirror has taken all four.
-    for _ in 0..250 {
+    // Wait (bounded: 30 s, a loaded machine is slow to accept) until the mirror has taken
+    // all four: only then is the next one over the cap.
+    let mut taken = 0;
+    for _ in 0..1500 {
         let m = common::get_text(&c, &metrics_url).await;
-        if metric(&m, "pullthrough_connections_open") == 4 {
+        taken = metric(&m, "pullthrough_connections_open");
+        if taken == 4 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(
+        taken, 4,
+        "the mirror did not take the four idle connections"
+    );
     let mut over = TcpStream::connect(mirror.addr()).await.unwrap();
     let answer = read_answer(&mut over).await;
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer:?}");

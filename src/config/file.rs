@@ -47,6 +47,21 @@ pub struct FileConfig {
     /// `http` or `https`: the scheme clients use to reach the mirror, for auth realms
     /// (needed behind a TLS-terminating load balancer).
     pub public_scheme: Option<String>,
+    /// Several nodes acting as one cache.
+    pub cluster: Option<ClusterFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ClusterFile {
+    /// This node's peer address (`ip:port`): its peer listener, as the others reach it.
+    pub node: Option<String>,
+    /// Every member's peer address, this node's included.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// A file holding the secret peer requests are signed with (the same on every node).
+    pub secret_file: Option<String>,
+    /// Keep a local copy of what came through an owner (default true).
+    pub keep_local: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

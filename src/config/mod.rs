@@ -106,6 +106,7 @@ pub struct Config {
     pub repositories: RepoFilter,
     pub trusted_proxies: TrustedProxies,
     pub tls: Option<TlsConfig>,
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// HTTPS listeners with their certificates, loaded and checked.
@@ -472,7 +473,18 @@ impl Config {
             }
         };
 
+        let cluster = file.cluster.as_ref().map(cluster_config).transpose()?;
+        if let Some(c) = &cluster {
+            if listen.contains(&c.node) || admin_listen == Some(c.node) {
+                return Err(invalid(
+                    "cluster.node",
+                    "is the peer listener: it must not also be in listen or admin.listen",
+                ));
+            }
+        }
+
         Ok(Config {
+            cluster,
             tls,
             limits,
             repositories,
@@ -488,6 +500,61 @@ impl Config {
             public_scheme,
         })
     }
+}
+
+/// Shortest cluster secret accepted, in bytes.
+const MIN_CLUSTER_SECRET: usize = 16;
+
+fn cluster_config(c: &file::ClusterFile) -> Result<crate::cluster::ClusterConfig, ConfigError> {
+    let addr = |path: String, a: &str| {
+        a.parse::<SocketAddr>()
+            .map_err(|_| invalid(path, format!("{a:?} is not ip:port")))
+    };
+    let node = addr(
+        "cluster.node".into(),
+        c.node
+            .as_deref()
+            .ok_or_else(|| invalid("cluster.node", "is required: this node's peer ip:port"))?,
+    )?;
+    if node.ip().is_unspecified() {
+        return Err(invalid(
+            "cluster.node",
+            "must be the address the other nodes reach, not 0.0.0.0",
+        ));
+    }
+    let peers = c
+        .peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| addr(format!("cluster.peers[{i}]"), p))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !peers.contains(&node) {
+        return Err(invalid(
+            "cluster.peers",
+            format!("must list this node ({node}) too, so every node sees the same ring"),
+        ));
+    }
+    let path = c.secret_file.as_deref().ok_or_else(|| {
+        invalid(
+            "cluster.secret_file",
+            "is required: peers sign their requests",
+        )
+    })?;
+    let secret = std::fs::read(path)
+        .map_err(|e| invalid("cluster.secret_file", format!("cannot read {path}: {e}")))?;
+    let secret = secret.trim_ascii().to_vec();
+    if secret.len() < MIN_CLUSTER_SECRET {
+        return Err(invalid(
+            "cluster.secret_file",
+            format!("{path} holds fewer than {MIN_CLUSTER_SECRET} bytes"),
+        ));
+    }
+    Ok(crate::cluster::ClusterConfig {
+        node,
+        peers,
+        secret,
+        keep_local: c.keep_local.unwrap_or(true),
+    })
 }
 
 /// One secret, given exactly one way: inline, by environment variable, or by file.
@@ -754,6 +821,65 @@ cache: { max_size: 1GiB, tag_ttl: 30s }
         assert!(!serde_json::to_string(docker.as_ref())
             .unwrap()
             .contains("aHVudGVyMg"));
+    }
+
+    #[test]
+    fn cluster_section_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "0123456789abcdef0123\n").unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "too short").unwrap();
+        let (s, short) = (secret.display(), short.display());
+        let peers = r#"peers: ["10.0.0.1:9000", "10.0.0.2:9000"]"#;
+        let c = parse(&format!(
+            "cluster: {{ node: \"10.0.0.1:9000\", {peers}, secret_file: \"{s}\" }}"
+        ))
+        .unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!((cluster.peers.len(), cluster.keep_local), (2, true));
+        assert_eq!(cluster.secret, b"0123456789abcdef0123");
+        for (yaml, key) in [
+            (format!("cluster: {{ {peers}, secret_file: \"{s}\" }}"), "cluster.node"),
+            (
+                format!("cluster: {{ node: \"0.0.0.0:9000\", {peers}, secret_file: \"{s}\" }}"),
+                "cluster.node",
+            ),
+            (
+                format!("cluster: {{ node: \"10.0.0.3:9000\", {peers}, secret_file: \"{s}\" }}"),
+                "cluster.peers",
+            ),
+            (
+                format!("cluster: {{ node: \"10.0.0.1:9000\", peers: [\"x\"], secret_file: \"{s}\" }}"),
+                "cluster.peers[0]",
+            ),
+            (format!("cluster: {{ node: \"10.0.0.1:9000\", {peers} }}"), "cluster.secret_file"),
+            (
+                format!("cluster: {{ node: \"10.0.0.1:9000\", {peers}, secret_file: \"{short}\" }}"),
+                "cluster.secret_file",
+            ),
+            (
+                format!("listen: [\"10.0.0.1:9000\"]\ncluster: {{ node: \"10.0.0.1:9000\", {peers}, secret_file: \"{s}\" }}"),
+                "cluster.node",
+            ),
+        ] {
+            let e = parse(&yaml).map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains(key), "{yaml}: {e}");
+        }
+    }
+
+    #[test]
+    fn shipped_cluster_config_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "0123456789abcdef").unwrap();
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/cluster.yaml");
+        let text = std::fs::read_to_string(shipped).unwrap().replace(
+            "/etc/pullthrough/cluster.secret",
+            &secret.display().to_string(),
+        );
+        let c = parse(&text).unwrap_or_else(|e| panic!("conf/cluster.yaml: {e}"));
+        assert_eq!(c.cluster.unwrap().peers.len(), 3);
     }
 
     #[test]

@@ -27,9 +27,12 @@ impl Mirror {
         client: ClientInfo,
         method: &http::Method,
         plan: Plan,
+        from_peer: bool,
     ) -> std::result::Result<(Plan, Option<DownloadSlot>), Canned> {
         let s = &self.shared;
-        if matches!(plan, Plan::Respond(Canned::Healthy)) {
+        // A peer's request passed the limits on the node the client reached; counting the
+        // peer here as one client would throttle the whole cluster's traffic through it.
+        if matches!(plan, Plan::Respond(Canned::Healthy)) || from_peer {
             return Ok((plan, None));
         }
         if let Verdict::TooMany(after) = s.guard.admit_request(client.ip) {

@@ -35,6 +35,12 @@ pub struct RequestCtx {
     pub route_credentials: bool,
     /// This request's cold fill's place and disk reservation (`cache::admission`).
     pub fill_permit: Option<crate::cache::admission::FillPermit>,
+    /// Signed by a cluster member: served here, never forwarded again.
+    pub from_peer: bool,
+    /// The member this request is forwarded to (`crate::cluster`).
+    pub owner: Option<std::net::SocketAddr>,
+    /// Members that could not be reached for this request.
+    pub failed_owners: Vec<std::net::SocketAddr>,
 }
 
 impl RequestCtx {
@@ -55,6 +61,9 @@ impl RequestCtx {
             download_slot: None,
             route_credentials: false,
             fill_permit: None,
+            from_peer: false,
+            owner: None,
+            failed_owners: Vec::new(),
         }
     }
 

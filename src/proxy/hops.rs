@@ -33,6 +33,8 @@ pub enum HopKind {
     RealmDiscovery,
     /// The upstream's token realm.
     Realm,
+    /// The object's owner in the cluster (`crate::cluster`): the client's request as it came.
+    Peer,
 }
 
 impl Hop {

@@ -3,6 +3,7 @@
 
 mod access;
 mod admission;
+mod cluster;
 pub mod ctx;
 pub mod hops;
 pub mod offline;
@@ -73,6 +74,8 @@ pub struct Shared {
     pub outages: offline::Outages,
     /// Stale tag checks in flight (one HEAD per tag however many wait).
     pub tag_checks: tags::TagChecks,
+    /// The cluster this node is a member of, if any.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Shared {
@@ -151,12 +154,22 @@ fn record_metrics(ctx: &RequestCtx, status: u16, bytes: usize) {
     if ctx.route.is_some() {
         let source = if matches!(cache, "hit" | "stale" | "revalidated") {
             "cache"
+        } else if ctx.owner.is_some() {
+            "peer"
         } else {
             "upstream"
         };
         m.bytes_served
             .with_label_values(&[source])
             .inc_by(bytes as u64);
+        if source == "peer" {
+            m.peer_bytes
+                .with_label_values(&["out"])
+                .inc_by(bytes as u64);
+        }
+    }
+    if ctx.from_peer {
+        m.peer_bytes.with_label_values(&["in"]).inc_by(bytes as u64);
     }
     if let (Some(start), Some(end)) = (ctx.upstream_started, ctx.upstream_answered) {
         m.upstream_seconds
@@ -212,6 +225,13 @@ impl ProxyHttp for Mirror {
                 .req_header_mut()
                 .remove_header(&header::AUTHORIZATION);
         }
+        if let Some(cluster) = self.shared.cluster.as_ref() {
+            if let Err(refused) = self.peer_gate(session, cluster, ctx) {
+                session.set_keepalive(None);
+                responses::send(session, &Canned::Error(refused)).await?;
+                return Ok(true);
+            }
+        }
         let client = self.client_info(session);
         ctx.client = Some(client);
         let sni = session
@@ -231,6 +251,7 @@ impl ProxyHttp for Mirror {
             client,
             &req.method,
             plan::plan(&self.shared.routes, incoming),
+            ctx.from_peer,
         ) {
             Ok((plan, slot)) => {
                 ctx.download_slot = slot;
@@ -309,6 +330,7 @@ impl ProxyHttp for Mirror {
                         return Ok(true);
                     }
                 }
+                self.route_to_owner(ctx);
                 Ok(false)
             }
         }
@@ -321,7 +343,10 @@ impl ProxyHttp for Mirror {
                 crate::registry::V2Path::Manifest { .. } | crate::registry::V2Path::Blob { .. }
             )
         });
-        if cacheable {
+        // Through an owner, a copy is kept here only with `cluster.keep_local`.
+        let kept_here =
+            ctx.owner.is_none() || self.shared.cluster.as_ref().is_some_and(|c| c.keep_local);
+        if cacheable && kept_here {
             let c = &self.shared.cache;
             session
                 .cache
@@ -524,6 +549,21 @@ impl ProxyHttp for Mirror {
         let uri = http::Uri::try_from(hop.path_and_query.as_str())
             .or_err(InternalError, "upstream path is not a URI")?;
         upstream_request.set_uri(uri);
+        if hop.kind == HopKind::Peer {
+            // The owner sees the request as the client sent it (its Host routes it there
+            // too), signed so the owner's peer listener takes it.
+            if let Some(cluster) = self.shared.cluster.as_ref() {
+                let node = cluster.node.to_string();
+                let signed = cluster.signer.sign(
+                    upstream_request.method.as_str(),
+                    &hop.path_and_query,
+                    &node,
+                    std::time::SystemTime::now(),
+                );
+                upstream_request.insert_header(crate::cluster::PEER_HEADER, signed)?;
+            }
+            return Ok(());
+        }
         upstream_request.insert_header(header::HOST, hop.origin.authority())?;
         if !hop.send_authorization {
             upstream_request.remove_header(&header::AUTHORIZATION);
@@ -568,12 +608,27 @@ impl ProxyHttp for Mirror {
     fn suppress_proxy_warn_log(
         &self,
         _session: &Session,
-        _ctx: &RequestCtx,
+        ctx: &RequestCtx,
         error: &Error,
         _context: ProxyWarnLogContext,
     ) -> bool {
-        // A re-dispatch is the plan working, not a failure (logged at debug where decided).
-        *error.etype() == REDISPATCH
+        // A re-dispatch is the plan working, not a failure (logged at debug where decided);
+        // so is passing over an unreachable owner (logged in `pass_over_owner`).
+        *error.etype() == REDISPATCH || !ctx.failed_owners.is_empty()
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // An owner that cannot be reached: the next member on the ring, or the upstream.
+        if self.pass_over_owner(ctx) {
+            e.set_retry(true);
+        }
+        e
     }
 
     async fn fail_to_proxy(
@@ -583,7 +638,9 @@ impl ProxyHttp for Mirror {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let why = e.etype().as_str();
-        if matches!(e.esource(), ErrorSource::Upstream) && ctx.route.is_some() {
+        // A peer that failed says nothing about the upstream registry.
+        let from_registry = !ctx.hop.as_ref().is_some_and(|h| h.kind == HopKind::Peer);
+        if matches!(e.esource(), ErrorSource::Upstream) && ctx.route.is_some() && from_registry {
             self.shared.outages.mark_down(ctx.route_name(), why);
         }
         if ctx.route.is_some() && self.shared.outages.is_down(ctx.route_name()) {

@@ -44,12 +44,21 @@ impl Mirror {
         }
     }
 
-    /// Replaces an upstream's challenge with the mirror's own, learning the realm on the way.
-    fn relay_challenge(&self, session: &Session, resp: &mut ResponseHeader, ctx: &RequestCtx) {
+    /// Replaces an upstream's challenge with the mirror's own, learning the realm on the way
+    /// (from the registry itself: an owner's challenge names that node's realm, which is
+    /// replaced by this one's without being learned).
+    fn relay_challenge(
+        &self,
+        session: &Session,
+        resp: &mut ResponseHeader,
+        ctx: &RequestCtx,
+        learn: bool,
+    ) {
         let Some(upstream) = Challenge::from_headers(&resp.headers) else {
             return;
         };
-        if let (Some(route), Some(realm)) = (&ctx.route, UpstreamRealm::from_challenge(&upstream)) {
+        let realm = UpstreamRealm::from_challenge(&upstream).filter(|_| learn);
+        if let (Some(route), Some(realm)) = (&ctx.route, realm) {
             if self.shared.realms.learn(&route.name, realm) {
                 info!(
                     "route {}: upstream token realm is {:?}",
@@ -108,7 +117,18 @@ impl Mirror {
         if hop.kind == HopKind::Registry {
             self.relay_link(resp, ctx);
         }
-        if status == 200 && matches!(hop.kind, HopKind::Registry | HopKind::Redirect) {
+        if hop.kind == HopKind::Peer {
+            METRICS
+                .peer_requests
+                .with_label_values(&["out", crate::metrics::status_class(status)])
+                .inc();
+        }
+        if status == 200
+            && matches!(
+                hop.kind,
+                HopKind::Registry | HopKind::Redirect | HopKind::Peer
+            )
+        {
             // Content named by digest is stored under that digest, and checked against it.
             let digest = match ctx.registry_path() {
                 Some(crate::registry::V2Path::Blob { digest, .. }) => Some(digest.to_string()),
@@ -168,8 +188,8 @@ impl Mirror {
                     )),
                 }
             }
-            HopKind::Registry if status == 401 => {
-                self.relay_challenge(session, resp, ctx);
+            HopKind::Registry | HopKind::Peer if status == 401 => {
+                self.relay_challenge(session, resp, ctx, hop.kind == HopKind::Registry);
                 Ok(())
             }
             HopKind::RealmDiscovery => {

@@ -1,0 +1,359 @@
+//! A cluster of three mirror nodes in front of one upstream: each object is fetched from the
+//! upstream once whichever node its clients reach, a node that goes away costs no pulls, and
+//! a peer cannot be impersonated.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use common::hub::{self, Hub, REGISTRY, STORAGE};
+use common::registry::noise;
+use common::{cache_status, free_port, Mirror};
+use pullthrough::cluster::{Cluster, ClusterConfig, Owner, Signer, PEER_HEADER};
+
+const SECRET: &str = "a cluster secret of enough bytes";
+
+/// Three nodes sharing one hub: each has a public listener, a peer listener and an admin one.
+struct Nodes {
+    nodes: Vec<Mirror>,
+    peers: Vec<SocketAddr>,
+    admins: Vec<u16>,
+    _secret: tempfile::TempDir,
+}
+
+impl Nodes {
+    /// Starts `n` nodes and waits until each sees every member pass its health check (a
+    /// member not yet listening when the first checks ran counts as down until the next).
+    async fn start(hub: &Hub, n: usize, extra: &str) -> Nodes {
+        let nodes = Self::launch(hub, n, extra);
+        for i in 0..n {
+            nodes.wait_live(i, n).await;
+        }
+        nodes
+    }
+
+    fn launch(hub: &Hub, n: usize, extra: &str) -> Nodes {
+        let secret = tempfile::tempdir().unwrap();
+        let secret_file = secret.path().join("secret");
+        std::fs::write(&secret_file, SECRET).unwrap();
+        let peers: Vec<SocketAddr> = (0..n).map(|_| hub::addr(free_port())).collect();
+        let list = peers
+            .iter()
+            .map(|p| format!("\"{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut nodes = Vec::new();
+        let mut admins = Vec::new();
+        for peer in &peers {
+            let admin = free_port();
+            admins.push(admin);
+            nodes.push(Mirror::start(&format!(
+                "default_route: docker\nadmin: {{ listen: \"127.0.0.1:{admin}\" }}\n\
+                 redirects: {{ follow: [\".docker.com\", \".cloudflarestorage.com\"], to_client: [] }}\n\
+                 cluster: {{ node: \"{peer}\", peers: [{list}], secret_file: \"{}\" }}\n{extra}{}",
+                secret_file.display(),
+                hub.mirror_config()
+            )));
+        }
+        Nodes {
+            nodes,
+            peers,
+            admins,
+            _secret: secret,
+        }
+    }
+
+    /// The ring as the nodes build it, to tell which node owns what.
+    fn ring(&self) -> Cluster {
+        let config = ClusterConfig {
+            node: self.peers[0],
+            peers: self.peers.clone(),
+            secret: SECRET.as_bytes().to_vec(),
+            keep_local: true,
+        };
+        Cluster::new(config, Arc::new(pullthrough::cluster::ring(&self.peers)))
+    }
+
+    /// The index of the node owning `digest` while every node is up.
+    fn owner_of(&self, digest: &str) -> usize {
+        match self.ring().owner(digest.as_bytes(), &[]) {
+            Owner::Me => 0,
+            Owner::Peer(addr) => self.peers.iter().position(|p| *p == addr).unwrap(),
+        }
+    }
+
+    async fn stats(&self, i: usize) -> serde_json::Value {
+        reqwest::get(format!("http://127.0.0.1:{}/stats", self.admins[i]))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits (bounded: 10 s) until node `i` sees `live` members passing their checks.
+    async fn wait_live(&self, i: usize, live: usize) {
+        for _ in 0..200 {
+            let stats = self.stats(i).await;
+            let members = stats["cluster"]["members"].as_array().unwrap().clone();
+            if members.iter().filter(|m| m["live"] == true).count() == live {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("node {i} never saw {live} live members");
+    }
+}
+
+async fn get_blob(c: &reqwest::Client, node: &Mirror, digest: &str, tok: &str) -> (u16, Vec<u8>) {
+    let r = c
+        .get(node.url(&format!("/v2/library/app/blobs/{digest}")))
+        .bearer_auth(tok)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.bytes().await.unwrap().to_vec())
+}
+
+/// Upstream fetches of a blob: the registry GETs (then followed to the CDN and storage).
+fn blob_fetches(hub: &Hub, digest: &str) -> usize {
+    hub.count_method(REGISTRY, "GET", &format!("/blobs/{digest}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_clients_over_three_nodes_on_one_cold_blob_cause_one_upstream_fetch() {
+    let hub = Hub::start().await;
+    let layer = noise(8 << 20, 61);
+    let blob = hub.add_blob(layer.clone());
+    hub.add_manifest("library/app", "v1", &blob);
+    let gate = hub.gate(&blob);
+    let nodes = Nodes::start(&hub, 3, "").await;
+    let c = common::client(&[], nodes.nodes[0].addr());
+    let tok = hub::pull_token(&c, &nodes.nodes[0], "library/app", None).await;
+    let mut pulls = Vec::new();
+    for i in 0..30 {
+        let (c, tok, blob) = (c.clone(), tok.clone(), blob.clone());
+        let url = nodes.nodes[i % 3].url(&format!("/v2/library/app/blobs/{blob}"));
+        pulls.push(tokio::spawn(async move {
+            let r = c.get(url).bearer_auth(tok).send().await.unwrap();
+            (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+        }));
+    }
+    // Every client is waiting on the one fill the owner started before it is let go on.
+    for _ in 0..200 {
+        if hub.count_path(STORAGE, &blob[7..]) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gate.add_permits(100);
+    for pull in pulls {
+        let (status, body) = pull.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(body == layer, "a client got wrong bytes");
+    }
+    assert_eq!(
+        blob_fetches(&hub, &blob),
+        1,
+        "fetched upstream more than once"
+    );
+    assert_eq!(hub.count_path(STORAGE, &blob[7..]), 1);
+    // The owner's peer listener served the other nodes; nothing crossed in the other way.
+    let owner = nodes.owner_of(&blob);
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", nodes.admins[owner]))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("pullthrough_peer_requests_total{direction=\"in\",outcome=\"accepted\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_pulled_through_each_node_in_turn_costs_one_upstream_get_per_manifest_and_blob() {
+    let hub = Hub::start().await;
+    let layer = noise(1 << 20, 62);
+    let blob = hub.add_blob(layer.clone());
+    let manifest = hub.add_manifest("library/app", "v1", &blob);
+    let nodes = Nodes::start(&hub, 3, "").await;
+    for (i, node) in nodes.nodes.iter().enumerate() {
+        let c = common::client(&[], node.addr());
+        // A new token for every pull, as docker gets one.
+        let tok = hub::pull_token(&c, node, "library/app", None).await;
+        let head = c
+            .head(node.url("/v2/library/app/manifests/v1"))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), 200, "node {i}");
+        let digest = head.headers()["docker-content-digest"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(digest, manifest.digest);
+        let got = c
+            .get(node.url(&format!("/v2/library/app/manifests/{digest}")))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), 200, "node {i}");
+        assert_eq!(got.bytes().await.unwrap().to_vec(), manifest.body);
+        let (status, body) = get_blob(&c, node, &blob, &tok).await;
+        assert_eq!(status, 200, "node {i}");
+        assert!(body == layer, "node {i} served wrong bytes");
+    }
+    let manifest_gets = hub.count_method(
+        REGISTRY,
+        "GET",
+        &format!("/v2/library/app/manifests/{}", manifest.digest),
+    );
+    assert_eq!(manifest_gets, 1, "the manifest was fetched per node");
+    assert_eq!(
+        hub.count_method(REGISTRY, "GET", "/v2/library/app/manifests/v1"),
+        0,
+        "a GET by tag costs Docker Hub a pull"
+    );
+    assert_eq!(
+        blob_fetches(&hub, &blob),
+        1,
+        "the blob was fetched per node: {:?}\n{}",
+        hub.seen_by(REGISTRY),
+        nodes
+            .nodes
+            .iter()
+            .map(|n| n.log())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_nodes_share_moves_to_the_others_and_pulls_keep_working() {
+    let hub = Hub::start().await;
+    let mut nodes = Nodes::start(&hub, 3, "").await;
+    let layers: Vec<(String, Vec<u8>)> = (0..24)
+        .map(|i| {
+            let data = noise(64 << 10, 100 + i);
+            (hub.add_blob(data.clone()), data)
+        })
+        .collect();
+    hub.add_manifest("library/app", "v1", &layers[0].0);
+    let owned_by_2 = layers
+        .iter()
+        .filter(|(d, _)| nodes.owner_of(d) == 2)
+        .count();
+    assert!(owned_by_2 > 0, "no layer is owned by the node to be killed");
+    nodes.nodes[2].kill();
+    let c = common::client(&[], nodes.nodes[0].addr());
+    let tok = hub::pull_token(&c, &nodes.nodes[0], "library/app", None).await;
+    // Pulled at once, before the health checks notice (the connection is refused), and again
+    // through the other node once they have.
+    for node in [0, 1] {
+        if node == 1 {
+            nodes.wait_live(1, 2).await;
+        }
+        for (digest, data) in &layers {
+            let (status, body) = get_blob(&c, &nodes.nodes[node], digest, &tok).await;
+            assert_eq!(status, 200, "node {node}, {digest}");
+            assert!(body == *data, "node {node} served wrong bytes for {digest}");
+        }
+    }
+    for (digest, _) in &layers {
+        assert_eq!(
+            blob_fetches(&hub, digest),
+            1,
+            "{digest} fetched more than once"
+        );
+    }
+    let stats = nodes.stats(0).await;
+    let members = stats["cluster"]["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    let dead = &members
+        .iter()
+        .find(|m| m["addr"] == nodes.peers[2].to_string())
+        .unwrap();
+    assert_eq!(
+        (dead["live"].clone(), dead["share"].as_f64()),
+        (false.into(), Some(0.0))
+    );
+    let shares: f64 = members.iter().map(|m| m["share"].as_f64().unwrap()).sum();
+    assert!((shares - 1.0).abs() < 1e-6, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_listener_takes_only_signed_requests_and_a_client_cannot_pose_as_a_peer() {
+    let hub = Hub::start().await;
+    let layer = noise(64 << 10, 63);
+    let blob = hub.add_blob(layer.clone());
+    hub.add_manifest("library/app", "v1", &blob);
+    let nodes = Nodes::start(&hub, 2, "limits: { requests_per_second: 2 }\n").await;
+    let peer = nodes.peers[1];
+    let c = common::client(&[], nodes.nodes[0].addr());
+    let tok = hub::pull_token(&c, &nodes.nodes[0], "library/app", None).await;
+    let path = format!("/v2/library/app/blobs/{blob}?ns=docker.io");
+    let url = format!("http://{peer}{path}");
+    let now = SystemTime::now();
+    let signer = Signer::new(SECRET.as_bytes().to_vec());
+    let good = signer.sign("GET", &path, &nodes.peers[0].to_string(), now);
+    let forged = Signer::new(b"another secret, just as long".to_vec()).sign(
+        "GET",
+        &path,
+        &nodes.peers[0].to_string(),
+        now,
+    );
+    let elsewhere = signer.sign(
+        "GET",
+        "/v2/library/app/blobs/sha256:00",
+        &nodes.peers[0].to_string(),
+        now,
+    );
+    for (name, header) in [
+        ("unsigned", None),
+        ("forged", Some(&forged)),
+        ("signed for another path", Some(&elsewhere)),
+    ] {
+        let mut req = c.get(&url).bearer_auth(&tok);
+        if let Some(h) = header {
+            req = req.header(PEER_HEADER, h);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 403, "{name}");
+    }
+    assert_eq!(blob_fetches(&hub, &blob), 0);
+    let r = c
+        .get(&url)
+        .bearer_auth(&tok)
+        .header(PEER_HEADER, &good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap() == layer);
+    // On the public listener a peer header, even a good one, is a client's: limits apply.
+    let public = nodes.nodes[1].url(&path);
+    let mut limited = 0;
+    for _ in 0..10 {
+        let r = c
+            .get(&public)
+            .bearer_auth(&tok)
+            .header(PEER_HEADER, &good)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            limited += 1;
+        }
+        assert_ne!(r.status(), 403);
+        assert!(cache_status(&r) == "hit" || r.status() == 429, "{r:?}");
+    }
+    assert!(limited > 0, "a client passed the limits as a peer");
+}
