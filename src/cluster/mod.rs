@@ -48,6 +48,8 @@ pub enum Owner {
 /// The ring and this node's place in it.
 pub struct Cluster {
     pub node: SocketAddr,
+    /// `node` as signatures name it, formatted once.
+    pub node_name: String,
     pub keep_local: bool,
     pub signer: Signer,
     ring: Arc<LoadBalancer<KetamaHashing>>,
@@ -69,6 +71,7 @@ impl Cluster {
     pub fn new(config: ClusterConfig, ring: Arc<LoadBalancer<KetamaHashing>>) -> Cluster {
         Cluster {
             node: config.node,
+            node_name: config.node.to_string(),
             keep_local: config.keep_local,
             signer: Signer::new(config.secret),
             ring,

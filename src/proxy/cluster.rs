@@ -30,27 +30,29 @@ impl Mirror {
         let req = session.req_header();
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let signed = req.headers.get(PEER_HEADER).and_then(|v| v.to_str().ok());
-        match cluster.signer.verify(
+        let verdict = cluster.signer.verify(
             req.method.as_str(),
             path,
             signed,
             std::time::SystemTime::now(),
-        ) {
+        );
+        let outcome = if verdict.is_ok() {
+            "accepted"
+        } else {
+            "refused"
+        };
+        METRICS
+            .peer_requests
+            .with_label_values(&["in", outcome])
+            .inc();
+        match verdict {
             Ok(node) => {
                 debug!("{} {path}: from peer {node}", req.method);
-                METRICS
-                    .peer_requests
-                    .with_label_values(&["in", "accepted"])
-                    .inc();
                 ctx.from_peer = true;
                 Ok(())
             }
             Err(why) => {
                 warn!("{} {path} on the peer listener refused: {why}", req.method);
-                METRICS
-                    .peer_requests
-                    .with_label_values(&["in", "refused"])
-                    .inc();
                 Err(RegistryError::new(
                     403,
                     crate::registry::ErrorCode::Denied,

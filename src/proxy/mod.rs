@@ -550,14 +550,13 @@ impl ProxyHttp for Mirror {
             .or_err(InternalError, "upstream path is not a URI")?;
         upstream_request.set_uri(uri);
         if hop.kind == HopKind::Peer {
-            // The owner sees the request as the client sent it (its Host routes it there
-            // too), signed so the owner's peer listener takes it.
+            // The owner gets the client's Host and credentials with the upstream path
+            // (`route_to_owner`), signed so its peer listener takes it.
             if let Some(cluster) = self.shared.cluster.as_ref() {
-                let node = cluster.node.to_string();
                 let signed = cluster.signer.sign(
                     upstream_request.method.as_str(),
                     &hop.path_and_query,
-                    &node,
+                    &cluster.node_name,
                     std::time::SystemTime::now(),
                 );
                 upstream_request.insert_header(crate::cluster::PEER_HEADER, signed)?;
@@ -610,11 +609,13 @@ impl ProxyHttp for Mirror {
         _session: &Session,
         ctx: &RequestCtx,
         error: &Error,
-        _context: ProxyWarnLogContext,
+        context: ProxyWarnLogContext,
     ) -> bool {
         // A re-dispatch is the plan working, not a failure (logged at debug where decided);
-        // so is passing over an unreachable owner (logged in `pass_over_owner`).
-        *error.etype() == REDISPATCH || !ctx.failed_owners.is_empty()
+        // so is the retry past an unreachable owner (logged in `pass_over_owner`).
+        *error.etype() == REDISPATCH
+            || (matches!(context, ProxyWarnLogContext::UpstreamRetry)
+                && !ctx.failed_owners.is_empty())
     }
 
     fn fail_to_connect(
