@@ -49,6 +49,10 @@ impl AdminApp {
                 "node": c.node,
                 "keep_local": c.keep_local,
                 "members": c.members(),
+                "redis": c.store.as_ref().map(|store| serde_json::json!({
+                    "up": store.is_up(),
+                    "totals": store.totals(),
+                })),
             })),
         })
     }

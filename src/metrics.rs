@@ -45,6 +45,13 @@ pub struct Metrics {
     pub peer_bytes: IntCounterVec,
     /// Cluster members by state: `live` (passing health checks) or `down`.
     pub cluster_members: IntGaugeVec,
+    /// 1 while the cluster's Redis answers, 0 while this node runs without it (degraded).
+    pub redis_up: IntGauge,
+    /// Calls to Redis that failed or timed out.
+    pub redis_errors: IntCounter,
+    /// Shared-state lookups and publications in Redis, by kind (`tag`, `verdict`) and outcome
+    /// (`hit`, `miss`, `published`).
+    pub shared_state: IntCounterVec,
 }
 
 /// The metrics, registered once on first use.
@@ -151,6 +158,22 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
         &["state"]
     )
     .expect("metric registers once"),
+    redis_up: register_int_gauge!(
+        "pullthrough_redis_up",
+        "1 while the cluster's Redis answers, 0 while running without it"
+    )
+    .expect("metric registers once"),
+    redis_errors: register_int_counter!(
+        "pullthrough_redis_errors_total",
+        "Calls to the cluster's Redis that failed or timed out"
+    )
+    .expect("metric registers once"),
+    shared_state: register_int_counter_vec!(
+        "pullthrough_shared_state_total",
+        "Shared-state lookups and publications in Redis, by kind and outcome",
+        &["kind", "outcome"]
+    )
+    .expect("metric registers once"),
     send_timeouts: register_int_counter!(
         "pullthrough_send_timeouts_total",
         "Responses cut because the client did not read them fast enough"
@@ -203,6 +226,35 @@ impl Metrics {
         self.cluster_members
             .with_label_values(&["down"])
             .set(members.len() as i64 - live);
+    }
+}
+
+impl Metrics {
+    /// This node's lifetime counts added to the cluster's totals (`cluster::store`):
+    /// requests, cache hits, and body bytes served by source.
+    pub fn totals(&self) -> [(&'static str, u64); 5] {
+        use prometheus::core::Collector;
+        let (mut requests, mut hits) = (0, 0);
+        for family in self.requests.collect() {
+            for m in family.get_metric() {
+                let n = m.get_counter().value() as u64;
+                requests += n;
+                if m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "cache" && l.value() == "hit")
+                {
+                    hits += n;
+                }
+            }
+        }
+        let bytes = |source: &str| self.bytes_served.with_label_values(&[source]).get();
+        [
+            ("requests", requests),
+            ("hits", hits),
+            ("bytes_from_cache", bytes("cache")),
+            ("bytes_from_upstream", bytes("upstream")),
+            ("bytes_from_peers", bytes("peer")),
+        ]
     }
 }
 

@@ -71,8 +71,22 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
     let connection_limits = limits.connections;
     let peer_listener = cluster_config.as_ref().map(|c| c.node);
     let cluster = cluster_config.map(|c| {
-        let ring = background_service("cluster ring", crate::cluster::ring(&c.peers));
-        let cluster = crate::cluster::Cluster::new(c, ring.task());
+        let store = c.redis.as_deref().map(|url| {
+            let store = crate::cluster::Store::new(url, c.secret.clone(), c.node)
+                .expect("cluster.redis is checked when the config is read");
+            Arc::new(store)
+        });
+        if let Some(store) = &store {
+            server.add_service(background_service(
+                "cluster shared state",
+                crate::cluster::store::Heartbeat(store.clone()),
+            ));
+        }
+        let ring = background_service(
+            "cluster ring",
+            crate::cluster::ring(&c.peers, store.clone()),
+        );
+        let cluster = crate::cluster::Cluster::new(c, ring.task(), store);
         server.add_service(ring);
         info!(
             "cluster node {}: members {:?}",

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::hub::{self, Hub, REGISTRY, STORAGE};
+use common::redis::Redis;
 use common::registry::noise;
 use common::{cache_status, free_port, Mirror};
 use pullthrough::cluster::{Cluster, ClusterConfig, Owner, Signer, PEER_HEADER};
@@ -27,14 +28,21 @@ impl Nodes {
     /// Starts `n` nodes and waits until each sees every member pass its health check (a
     /// member not yet listening when the first checks ran counts as down until the next).
     async fn start(hub: &Hub, n: usize, extra: &str) -> Nodes {
-        let nodes = Self::launch(hub, n, extra);
+        Self::start_with(hub, n, extra, None).await
+    }
+
+    /// As `start`; with `redis`, the nodes share it and each lists only itself in
+    /// `cluster.peers`: they find each other through Redis. `{cache}` in `extra` is each
+    /// node's own cache directory.
+    async fn start_with(hub: &Hub, n: usize, extra: &str, redis: Option<&Redis>) -> Nodes {
+        let nodes = Self::launch(hub, n, extra, redis);
         for i in 0..n {
             nodes.wait_live(i, n).await;
         }
         nodes
     }
 
-    fn launch(hub: &Hub, n: usize, extra: &str) -> Nodes {
+    fn launch(hub: &Hub, n: usize, extra: &str, redis: Option<&Redis>) -> Nodes {
         let secret = tempfile::tempdir().unwrap();
         let secret_file = secret.path().join("secret");
         std::fs::write(&secret_file, SECRET).unwrap();
@@ -46,13 +54,19 @@ impl Nodes {
             .join(", ");
         let mut nodes = Vec::new();
         let mut admins = Vec::new();
-        for peer in &peers {
+        for (i, peer) in peers.iter().enumerate() {
             let admin = free_port();
             admins.push(admin);
+            let (peers, shared) = match redis {
+                Some(r) => (format!("\"{peer}\""), format!(", redis: \"{}\"", r.url())),
+                None => (list.clone(), String::new()),
+            };
+            let cache = secret.path().join(format!("cache{i}"));
+            let extra = extra.replace("{cache}", &cache.display().to_string());
             nodes.push(Mirror::start(&format!(
                 "default_route: docker\nadmin: {{ listen: \"127.0.0.1:{admin}\" }}\n\
                  redirects: {{ follow: [\".docker.com\", \".cloudflarestorage.com\"], to_client: [] }}\n\
-                 cluster: {{ node: \"{peer}\", peers: [{list}], secret_file: \"{}\" }}\n{extra}{}",
+                 cluster: {{ node: \"{peer}\", peers: [{peers}], secret_file: \"{}\"{shared} }}\n{extra}{}",
                 secret_file.display(),
                 hub.mirror_config()
             )));
@@ -72,8 +86,10 @@ impl Nodes {
             peers: self.peers.clone(),
             secret: SECRET.as_bytes().to_vec(),
             keep_local: true,
+            redis: None,
         };
-        Cluster::new(config, Arc::new(pullthrough::cluster::ring(&self.peers)))
+        let ring = pullthrough::cluster::ring(&self.peers, None);
+        Cluster::new(config, Arc::new(ring), None)
     }
 
     /// The index of the node owning `digest` while every node is up.
@@ -89,6 +105,29 @@ impl Nodes {
             .await
             .unwrap()
             .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits (bounded: 10 s) until node `i` says whether Redis answers.
+    async fn wait_redis(&self, i: usize, up: bool) {
+        for _ in 0..200 {
+            if self.stats(i).await["cluster"]["redis"]["up"] == up {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "node {i} never saw redis {}",
+            if up { "up" } else { "down" }
+        );
+    }
+
+    async fn metrics(&self, i: usize) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admins[i]))
+            .await
+            .unwrap()
+            .text()
             .await
             .unwrap()
     }
@@ -356,4 +395,215 @@ async fn a_peer_listener_takes_only_signed_requests_and_a_client_cannot_pose_as_
         assert!(cache_status(&r) == "hit" || r.status() == 429, "{r:?}");
     }
     assert!(limited > 0, "a client passed the limits as a peer");
+}
+
+/// Upstream requests about content (manifests and blobs, by any method, probes included).
+fn content_requests(hub: &Hub) -> usize {
+    hub.seen_by(REGISTRY)
+        .iter()
+        .filter(|s| {
+            s.path_and_query.contains("/manifests/") || s.path_and_query.contains("/blobs/")
+        })
+        .count()
+}
+
+async fn head_tag(node: &Mirror) -> (u16, String) {
+    let c = common::client(&[], node.addr());
+    let tok = hub::pull_token(&c, node, "library/app", None).await;
+    let r = c
+        .head(node.url("/v2/library/app/manifests/v1"))
+        .bearer_auth(&tok)
+        .header("accept", hub::OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    let digest = r
+        .headers()
+        .get("docker-content-digest")
+        .map(|d| d.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (r.status().as_u16(), digest)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_that_list_only_themselves_find_each_other_through_redis() {
+    let Some(redis) = Redis::start() else { return };
+    let hub = Hub::start().await;
+    let layer = noise(256 << 10, 64);
+    let blob = hub.add_blob(layer.clone());
+    hub.add_manifest("library/app", "v1", &blob);
+    let mut nodes = Nodes::start_with(&hub, 3, "", Some(&redis)).await;
+    for i in 0..3 {
+        let stats = nodes.stats(i).await;
+        let members = stats["cluster"]["members"].as_array().unwrap();
+        assert_eq!(members.len(), 3, "node {i}: {stats}");
+    }
+    let c = common::client(&[], nodes.nodes[0].addr());
+    let tok = hub::pull_token(&c, &nodes.nodes[0], "library/app", None).await;
+    for node in &nodes.nodes {
+        let (status, body) = get_blob(&c, node, &blob, &tok).await;
+        assert_eq!(status, 200);
+        assert!(body == layer, "wrong bytes");
+    }
+    assert_eq!(blob_fetches(&hub, &blob), 1, "one ring: one upstream fetch");
+    // A node that stops leaves the announced members; the others drop it.
+    nodes.nodes[2].stop();
+    for i in 0..2 {
+        for _ in 0..200 {
+            let stats = nodes.stats(i).await;
+            if stats["cluster"]["members"].as_array().unwrap().len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let stats = nodes.stats(i).await;
+        assert_eq!(
+            stats["cluster"]["members"].as_array().unwrap().len(),
+            2,
+            "{stats}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tag_refreshed_by_one_node_is_fresh_on_the_others() {
+    let Some(redis) = Redis::start() else { return };
+    let hub = Hub::start().await;
+    let blob = hub.add_blob(noise(64 << 10, 65));
+    let manifest = hub.add_manifest("library/app", "v1", &blob);
+    let extra = "cache: { dir: \"{cache}\", tag_ttl: 2s }\n";
+    let nodes = Nodes::start_with(&hub, 3, extra, Some(&redis)).await;
+    for i in 0..3 {
+        nodes.wait_redis(i, true).await;
+    }
+    // Pulled through node 0, which learns the pointer and (probing in the background) that
+    // the repository is public: the others follow both without asking the upstream.
+    assert_eq!(
+        head_tag(&nodes.nodes[0]).await,
+        (200, manifest.digest.clone())
+    );
+    let node0 = &nodes.nodes[0];
+    let c = common::client(&[], node0.addr());
+    let tok = hub::pull_token(&c, node0, "library/app", None).await;
+    let got = c
+        .get(node0.url(&format!("/v2/library/app/manifests/{}", manifest.digest)))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.bytes().await.unwrap().to_vec(), manifest.body);
+    hub.wait_for_probe("library/app").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let learned = content_requests(&hub);
+    assert!(learned > 0);
+    for i in [1, 2] {
+        assert_eq!(
+            head_tag(&nodes.nodes[i]).await,
+            (200, manifest.digest.clone()),
+            "node {i}"
+        );
+    }
+    assert_eq!(
+        content_requests(&hub),
+        learned,
+        "another node asked the upstream: {:?}",
+        hub.seen_by(REGISTRY)
+    );
+    // Stale everywhere: node 1 refreshes it with one HEAD, and that is fresh for the others.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let tag_heads = || hub.count_method(REGISTRY, "HEAD", "/v2/library/app/manifests/v1");
+    let before = tag_heads();
+    assert_eq!(
+        head_tag(&nodes.nodes[1]).await,
+        (200, manifest.digest.clone())
+    );
+    assert_eq!(
+        tag_heads(),
+        before + 1,
+        "node 1 refreshes the tag with one HEAD"
+    );
+    let refreshed = content_requests(&hub);
+    for i in [0, 2] {
+        assert_eq!(
+            head_tag(&nodes.nodes[i]).await,
+            (200, manifest.digest.clone()),
+            "node {i}"
+        );
+    }
+    assert_eq!(
+        content_requests(&hub),
+        refreshed,
+        "{:?}",
+        hub.seen_by(REGISTRY)
+    );
+    let metrics = nodes.metrics(2).await;
+    assert!(
+        metrics.contains("pullthrough_shared_state_total{kind=\"tag\",outcome=\"hit\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_redis_killed_pulls_keep_working_and_the_nodes_recover_when_it_returns() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let hub = Hub::start().await;
+    let layers: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| {
+            let data = noise(128 << 10, 200 + i);
+            (hub.add_blob(data.clone()), data)
+        })
+        .collect();
+    let manifest = hub.add_manifest("library/app", "v1", &layers[0].0);
+    let extra = "cache: { dir: \"{cache}\" }\n";
+    let nodes = Nodes::start_with(&hub, 3, extra, Some(&redis)).await;
+    for i in 0..3 {
+        nodes.wait_redis(i, true).await;
+    }
+    redis.kill();
+    for i in 0..3 {
+        nodes.wait_redis(i, false).await;
+    }
+    // Degraded: the ring stands on the members last announced, checked by the health checks.
+    for (i, node) in nodes.nodes.iter().enumerate() {
+        assert_eq!(
+            head_tag(node).await,
+            (200, manifest.digest.clone()),
+            "node {i}"
+        );
+        let c = common::client(&[], node.addr());
+        let tok = hub::pull_token(&c, node, "library/app", None).await;
+        for (digest, data) in &layers {
+            let (status, body) = get_blob(&c, node, digest, &tok).await;
+            assert_eq!(status, 200, "node {i}, {digest}");
+            assert!(body == *data, "node {i} served wrong bytes for {digest}");
+        }
+    }
+    for (digest, _) in &layers {
+        assert_eq!(
+            blob_fetches(&hub, digest),
+            1,
+            "{digest} fetched more than once"
+        );
+    }
+    let metrics = nodes.metrics(0).await;
+    assert!(metrics.contains("pullthrough_redis_up 0"), "{metrics}");
+    assert!(
+        !metrics.contains("pullthrough_redis_errors_total 0\n"),
+        "{metrics}"
+    );
+    redis.run();
+    for i in 0..3 {
+        nodes.wait_redis(i, true).await;
+    }
+    assert!(nodes.metrics(0).await.contains("pullthrough_redis_up 1"));
+    let log = nodes.nodes[0].log();
+    assert!(log.contains("redis unreachable"), "{log}");
+    assert!(
+        common::loud_lines(&log)
+            .iter()
+            .all(|l| !l.contains(" ERROR ")),
+        "{log}"
+    );
 }

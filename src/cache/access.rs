@@ -121,6 +121,11 @@ impl AccessBook {
         key
     }
 
+    /// How long a verdict is trusted.
+    pub fn verdict_ttl(&self) -> Duration {
+        self.verdict_ttl
+    }
+
     /// The repository's verdict, if decided and current: true when anyone may read it.
     pub fn is_public(&self, route: &str, repo: &str) -> Option<bool> {
         let key = self.book_key(Kind::Verdict, route, repo, b"");

@@ -8,16 +8,22 @@
 //! the ring, and past that to the upstream itself.
 
 pub mod signing;
+pub mod store;
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
+use futures::FutureExt;
+use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::TcpHealthCheck;
 use pingora::lb::selection::consistent::KetamaHashing;
-use pingora::lb::LoadBalancer;
+use pingora::lb::{Backend, Backends, LoadBalancer};
 
 pub use signing::{BadSignature, Signer, PEER_HEADER};
+pub use store::Store;
 
 /// How often each member's peer listener is checked (a TCP connect).
 pub const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -35,6 +41,8 @@ pub struct ClusterConfig {
     pub secret: Vec<u8>,
     /// Whether a node keeps its own copy of what it fetched through an owner.
     pub keep_local: bool,
+    /// The shared state's URL (`redis://host:port/db`), if any.
+    pub redis: Option<String>,
 }
 
 /// Who owns an object.
@@ -52,24 +60,67 @@ pub struct Cluster {
     pub node_name: String,
     pub keep_local: bool,
     pub signer: Signer,
+    /// The shared state, when `cluster.redis` is set.
+    pub store: Option<Arc<Store>>,
     ring: Arc<LoadBalancer<KetamaHashing>>,
 }
 
-/// The ring over `peers`, health-checked every `HEALTH_CHECK_EVERY` once it runs as a
-/// background service.
-pub fn ring(peers: &[SocketAddr]) -> LoadBalancer<KetamaHashing> {
-    let mut ring = LoadBalancer::<KetamaHashing>::try_from_iter(peers.iter().copied())
-        .expect("socket addresses need no lookup");
+/// The members a ring is built over: the static peers, and those announced in the shared
+/// state (refreshed by its heartbeat).
+pub struct Members {
+    peers: BTreeSet<Backend>,
+    store: Option<Arc<Store>>,
+}
+
+#[async_trait]
+impl ServiceDiscovery for Members {
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let mut members = self.peers.clone();
+        if let Some(store) = &self.store {
+            members.extend(store.announced().into_iter().map(backend));
+        }
+        Ok((members, HashMap::new()))
+    }
+}
+
+fn backend(addr: SocketAddr) -> Backend {
+    Backend {
+        addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
+        weight: 1,
+        ext: Default::default(),
+    }
+}
+
+/// The ring over `peers` and the members `store` announces, health-checked every
+/// `HEALTH_CHECK_EVERY` and its members refreshed as often, once it runs as a background
+/// service.
+pub fn ring(peers: &[SocketAddr], store: Option<Arc<Store>>) -> LoadBalancer<KetamaHashing> {
+    let members = Members {
+        peers: peers.iter().copied().map(backend).collect(),
+        store,
+    };
+    let mut ring = LoadBalancer::<KetamaHashing>::from_backends(Backends::new(Box::new(members)));
     ring.set_health_check(TcpHealthCheck::new());
     ring.health_check_frequency = Some(HEALTH_CHECK_EVERY);
+    ring.update_frequency = Some(HEALTH_CHECK_EVERY);
     ring.parallel_health_check = true;
+    // The first members now, not at the first update: discovery never waits.
+    ring.update()
+        .now_or_never()
+        .expect("discovery reads memory only")
+        .expect("discovery never fails");
     ring
 }
 
 impl Cluster {
     /// This node's view of the cluster over `ring` (see `ring`).
-    pub fn new(config: ClusterConfig, ring: Arc<LoadBalancer<KetamaHashing>>) -> Cluster {
+    pub fn new(
+        config: ClusterConfig,
+        ring: Arc<LoadBalancer<KetamaHashing>>,
+        store: Option<Arc<Store>>,
+    ) -> Cluster {
         Cluster {
+            store,
             node: config.node,
             node_name: config.node.to_string(),
             keep_local: config.keep_local,
@@ -141,8 +192,9 @@ mod tests {
             peers: peers.to_vec(),
             secret: b"0123456789abcdef".to_vec(),
             keep_local: true,
+            redis: None,
         };
-        Cluster::new(config, Arc::new(ring(peers)))
+        Cluster::new(config, Arc::new(ring(peers, None)), None)
     }
 
     fn owner_addr(c: &Cluster, key: &str, failed: &[SocketAddr]) -> SocketAddr {

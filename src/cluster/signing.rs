@@ -11,6 +11,8 @@ use sha2::Sha256;
 
 /// The header a node signs its requests to a peer with.
 pub const PEER_HEADER: &str = "x-pullthrough-peer";
+/// Keeps sealed values apart from request signatures under the same secret.
+const SEAL_DOMAIN: &[u8] = b"pullthrough shared state";
 /// How far a signature's time may be from the receiver's clock.
 pub const MAX_SKEW: Duration = Duration::from_secs(30);
 
@@ -45,19 +47,44 @@ impl Signer {
         Signer { secret }
     }
 
-    fn mac(&self, method: &str, path: &str, time: u64, node: &str) -> Hmac<Sha256> {
+    /// HMAC-SHA256 of length-prefixed parts under the secret.
+    fn mac_of(&self, parts: &[&[u8]]) -> Hmac<Sha256> {
         let mut mac =
             <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).expect("HMAC takes any key");
-        for part in [
-            method.as_bytes(),
-            path.as_bytes(),
-            &time.to_le_bytes(),
-            node.as_bytes(),
-        ] {
+        for part in parts {
             mac.update(&(part.len() as u32).to_le_bytes());
             mac.update(part);
         }
         mac
+    }
+
+    fn mac(&self, method: &str, path: &str, time: u64, node: &str) -> Hmac<Sha256> {
+        self.mac_of(&[
+            method.as_bytes(),
+            path.as_bytes(),
+            &time.to_le_bytes(),
+            node.as_bytes(),
+        ])
+    }
+
+    /// `value` sealed for storage under `key` in shared state (`store`): `<hex sig> <value>`.
+    /// Whoever can write to Redis but lacks the secret cannot plant a value a node accepts,
+    /// nor move one to another key.
+    pub fn seal(&self, key: &str, value: &str) -> String {
+        let sig = self
+            .mac_of(&[SEAL_DOMAIN, key.as_bytes(), value.as_bytes()])
+            .finalize()
+            .into_bytes();
+        format!("{} {value}", hex::encode(sig))
+    }
+
+    /// The value `seal` sealed under `key`, if its seal is good.
+    pub fn unseal<'a>(&self, key: &str, sealed: &'a str) -> Option<&'a str> {
+        let (sig, value) = sealed.split_once(' ')?;
+        self.mac_of(&[SEAL_DOMAIN, key.as_bytes(), value.as_bytes()])
+            .verify_slice(&hex::decode(sig).ok()?)
+            .ok()?;
+        Some(value)
     }
 
     /// The header value for a request `node` sends to a peer at `now`.
@@ -133,6 +160,23 @@ mod tests {
             s.verify("GET", path, Some(&forged), now),
             Err(BadSignature::Wrong)
         );
+    }
+
+    #[test]
+    fn a_sealed_value_opens_only_under_its_key_and_secret() {
+        let s = Signer::new(b"secret".to_vec());
+        let sealed = s.seal("tag:ab", "sha256:00 1");
+        assert_eq!(s.unseal("tag:ab", &sealed), Some("sha256:00 1"));
+        assert_eq!(s.unseal("tag:cd", &sealed), None, "moved to another key");
+        assert_eq!(
+            Signer::new(b"other".to_vec()).unseal("tag:ab", &sealed),
+            None
+        );
+        let tampered = sealed.replace("sha256:00", "sha256:01");
+        assert_eq!(s.unseal("tag:ab", &tampered), None);
+        for bad in ["", "zz x", "nospace"] {
+            assert_eq!(s.unseal("tag:ab", bad), None, "{bad:?}");
+        }
     }
 
     #[test]

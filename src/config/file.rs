@@ -62,6 +62,8 @@ pub struct ClusterFile {
     pub secret_file: Option<String>,
     /// Keep a local copy of what came through an owner (default true).
     pub keep_local: Option<bool>,
+    /// Redis 7 or Valkey holding the shared state (`redis://host:port/db`).
+    pub redis: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -549,11 +549,20 @@ fn cluster_config(c: &file::ClusterFile) -> Result<crate::cluster::ClusterConfig
             format!("{path} holds fewer than {MIN_CLUSTER_SECRET} bytes"),
         ));
     }
+    if let Some(url) = &c.redis {
+        redis::Client::open(url.as_str()).map_err(|e| {
+            invalid(
+                "cluster.redis",
+                format!("{url:?} is not a Redis URL (redis://host:port/db): {e}"),
+            )
+        })?;
+    }
     Ok(crate::cluster::ClusterConfig {
         node,
         peers,
         secret,
         keep_local: c.keep_local.unwrap_or(true),
+        redis: c.redis.clone(),
     })
 }
 
@@ -839,6 +848,12 @@ cache: { max_size: 1GiB, tag_ttl: 30s }
         let cluster = c.cluster.unwrap();
         assert_eq!((cluster.peers.len(), cluster.keep_local), (2, true));
         assert_eq!(cluster.secret, b"0123456789abcdef0123");
+        assert_eq!(cluster.redis, None);
+        let with_redis = format!(
+            "cluster: {{ node: \"10.0.0.1:9000\", {peers}, secret_file: \"{s}\", redis: \"redis://10.0.0.9:6379/2\" }}"
+        );
+        let redis = parse(&with_redis).unwrap().cluster.unwrap().redis;
+        assert_eq!(redis.as_deref(), Some("redis://10.0.0.9:6379/2"));
         for (yaml, key) in [
             (format!("cluster: {{ {peers}, secret_file: \"{s}\" }}"), "cluster.node"),
             (
@@ -861,6 +876,10 @@ cache: { max_size: 1GiB, tag_ttl: 30s }
             (
                 format!("listen: [\"10.0.0.1:9000\"]\ncluster: {{ node: \"10.0.0.1:9000\", {peers}, secret_file: \"{s}\" }}"),
                 "cluster.node",
+            ),
+            (
+                format!("cluster: {{ node: \"10.0.0.1:9000\", {peers}, secret_file: \"{s}\", redis: \"10.0.0.9\" }}"),
+                "cluster.redis",
             ),
         ] {
             let e = parse(&yaml).map(|_| ()).unwrap_err().to_string();

@@ -249,10 +249,20 @@ impl Shared {
         let verdict = book.verdict(&route.name, repo);
         let decided = verdict
             .get_or_try_init(|| async {
+                // Another node's verdict, shared (`cluster::store`), spares the probe.
+                if let Some(public) = self.shared_verdict(route, repo).await {
+                    book.remember(&route.name, repo, public);
+                    return Ok(public);
+                }
                 let public = self
                     .probe_anonymously(route, path, repo, probe)
                     .await
                     .ok_or(Unreachable)?;
+                if let Some(store) = self.store() {
+                    store
+                        .publish_verdict(&route.name, repo, public, book.verdict_ttl())
+                        .await;
+                }
                 debug!(target: super::CACHE_LOG,
                     "route {}: {repo} is {}",
                     route.name,
@@ -288,6 +298,10 @@ impl Shared {
                 last.unwrap_or(false)
             }
         }
+    }
+
+    async fn shared_verdict(&self, route: &Route, repo: &str) -> Option<bool> {
+        self.store()?.verdict(&route.name, repo).await
     }
 
     /// Whether the upstream answers `path` (a HEAD) with these credentials: any answer below

@@ -79,6 +79,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The cluster's shared state, when there is one.
+    pub fn store(&self) -> Option<&crate::cluster::Store> {
+        self.cluster.as_ref()?.store.as_deref()
+    }
+
     /// Whether the mirror may connect to `ip` for `host`, a target an upstream named (a
     /// redirect, a realm): a public address, or one the operator named (the route's own
     /// upstream, a `resolve:` pin, an exact `redirects.follow` entry). See `upstream::egress`.

@@ -158,6 +158,10 @@ impl Mirror {
         let mut asked = false;
         let outcome = cell
             .get_or_init(|| async {
+                if let Some(pointer) = self.shared_pointer(&bin, known.as_ref()).await {
+                    s.cache.write_pointer(&key, &pointer).await;
+                    return PointerCheck::Found(pointer);
+                }
                 asked = true;
                 let known_type = known.as_ref().and_then(|p| p.media_type.as_ref());
                 let mut check = self
@@ -166,6 +170,11 @@ impl Mirror {
                 if let PointerCheck::Found(pointer) = &mut check {
                     pointer.private = learned_privately(session, ctx);
                     s.cache.write_pointer(&key, pointer).await;
+                    if let Some(store) = s.store() {
+                        store
+                            .publish_tag(&bin, pointer, ttl.tag_ttl + ttl.stale_for)
+                            .await;
+                    }
                 }
                 check
             })
@@ -213,6 +222,19 @@ impl Mirror {
             (PointerCheck::Unavailable(_) | PointerCheck::NotFound, _) => return None,
         };
         self.point_to(session, ctx, &path, &pointer, served)
+    }
+
+    /// A pointer another node learned from the upstream within `cache.tag_ttl` and shared
+    /// (`cluster::store`), when it is newer than the one this node knows: followed like one
+    /// this node learned, so one node's refresh serves the cluster.
+    async fn shared_pointer(
+        &self,
+        bin: &[u8; 16],
+        known: Option<&TagPointer>,
+    ) -> Option<TagPointer> {
+        let shared = self.shared.store()?.tag(bin).await?;
+        let newer = known.is_none_or(|k| shared.learned > k.learned);
+        (newer && shared.age() < self.shared.cache.ttl.tag_ttl).then_some(shared)
     }
 
     /// Whether this reader may follow a pointer: always when anyone could have learned it,

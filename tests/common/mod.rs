@@ -3,6 +3,7 @@
 
 pub mod hub;
 pub mod load;
+pub mod redis;
 pub mod registry;
 
 use std::io::Read;
