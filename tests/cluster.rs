@@ -87,6 +87,7 @@ impl Nodes {
             secret: SECRET.as_bytes().to_vec(),
             keep_local: true,
             redis: None,
+            peer_timeout: pullthrough::cluster::DEFAULT_PEER_TIMEOUT,
         };
         let ring = pullthrough::cluster::ring(&self.peers, None);
         Cluster::new(config, Arc::new(ring), None)

@@ -27,6 +27,9 @@ pub use store::Store;
 
 /// How often each member's peer listener is checked (a TCP connect).
 pub const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long a connection to a member may take, in a health check or a forwarded request,
+/// before it counts as down.
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Ring positions tried before giving up on finding a live owner.
 const MAX_RING_STEPS: usize = 256;
 
@@ -43,7 +46,13 @@ pub struct ClusterConfig {
     pub keep_local: bool,
     /// The shared state's URL (`redis://host:port/db`), if any.
     pub redis: Option<String>,
+    /// How long a forwarded request waits on a member for each read before the member is
+    /// passed over (while nothing of its answer has arrived) or the transfer fails.
+    pub peer_timeout: Duration,
 }
+
+/// `cluster.peer_timeout` unless the config says otherwise.
+pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Who owns an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +68,7 @@ pub struct Cluster {
     /// `node` as signatures name it, formatted once.
     pub node_name: String,
     pub keep_local: bool,
+    pub peer_timeout: Duration,
     pub signer: Signer,
     /// The shared state, when `cluster.redis` is set.
     pub store: Option<Arc<Store>>,
@@ -100,7 +110,9 @@ pub fn ring(peers: &[SocketAddr], store: Option<Arc<Store>>) -> LoadBalancer<Ket
         store,
     };
     let mut ring = LoadBalancer::<KetamaHashing>::from_backends(Backends::new(Box::new(members)));
-    ring.set_health_check(TcpHealthCheck::new());
+    let mut check = TcpHealthCheck::new();
+    check.peer_template.options.connection_timeout = Some(PEER_CONNECT_TIMEOUT);
+    ring.set_health_check(check);
     ring.health_check_frequency = Some(HEALTH_CHECK_EVERY);
     ring.update_frequency = Some(HEALTH_CHECK_EVERY);
     ring.parallel_health_check = true;
@@ -124,6 +136,7 @@ impl Cluster {
             node: config.node,
             node_name: config.node.to_string(),
             keep_local: config.keep_local,
+            peer_timeout: config.peer_timeout,
             signer: Signer::new(config.secret),
             ring,
         }
@@ -193,6 +206,7 @@ mod tests {
             secret: b"0123456789abcdef".to_vec(),
             keep_local: true,
             redis: None,
+            peer_timeout: DEFAULT_PEER_TIMEOUT,
         };
         Cluster::new(config, Arc::new(ring(peers, None)), None)
     }

@@ -64,6 +64,8 @@ pub struct ClusterFile {
     pub keep_local: Option<bool>,
     /// Redis 7 or Valkey holding the shared state (`redis://host:port/db`).
     pub redis: Option<String>,
+    /// How long a forwarded request waits on a member per read (default 15s).
+    pub peer_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -563,6 +563,11 @@ fn cluster_config(c: &file::ClusterFile) -> Result<crate::cluster::ClusterConfig
         secret,
         keep_local: c.keep_local.unwrap_or(true),
         redis: c.redis.clone(),
+        peer_timeout: duration(
+            "cluster.peer_timeout",
+            c.peer_timeout.as_ref(),
+            crate::cluster::DEFAULT_PEER_TIMEOUT,
+        )?,
     })
 }
 

@@ -534,10 +534,21 @@ impl ProxyHttp for Mirror {
         }
         let mut peer = HttpPeer::new(addr, origin.tls, origin.sni().to_owned());
         let u = &self.shared.upstream;
-        peer.options.connection_timeout = Some(u.connect_timeout);
-        peer.options.total_connection_timeout = Some(u.connect_timeout);
-        peer.options.read_timeout = Some(u.read_timeout);
-        peer.options.write_timeout = Some(u.read_timeout);
+        // A member is next door: one that does not answer within the health check's own
+        // bound is passed over for the next one on the ring (`fail_to_connect`).
+        // It answers within `cluster.peer_timeout`, or is passed over while nothing of its
+        // answer has arrived (`error_while_proxy`: a pooled connection into a partition).
+        let (connect_timeout, read_timeout) = match (hop.kind, self.shared.cluster.as_ref()) {
+            (HopKind::Peer, Some(cluster)) => (
+                u.connect_timeout.min(crate::cluster::PEER_CONNECT_TIMEOUT),
+                cluster.peer_timeout,
+            ),
+            _ => (u.connect_timeout, u.read_timeout),
+        };
+        peer.options.connection_timeout = Some(connect_timeout);
+        peer.options.total_connection_timeout = Some(connect_timeout);
+        peer.options.read_timeout = Some(read_timeout);
+        peer.options.write_timeout = Some(read_timeout);
         peer.options.idle_timeout = Some(u.idle_timeout);
         Ok(Box::new(peer))
     }
@@ -633,6 +644,29 @@ impl ProxyHttp for Mirror {
         // An owner that cannot be reached: the next member on the ring, or the upstream.
         if self.pass_over_owner(ctx) {
             e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        // Pingora's own policy, and one case more: an owner that failed before anything of
+        // its answer arrived is passed over for the next member (nothing reached the client).
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        if !replayable {
+            e.set_retry(false);
+        } else if ctx.upstream_answered.is_none() && self.pass_over_owner(ctx) {
+            e.set_retry(true);
+        } else {
+            e.retry.decide_reuse(client_reused);
         }
         e
     }

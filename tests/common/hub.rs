@@ -56,6 +56,8 @@ struct Inner {
     /// By (repository, tag or digest): digest, media type, body.
     manifests: HashMap<(String, String), (String, &'static str, Vec<u8>)>,
     ports: HashMap<&'static str, u16>,
+    /// Where the four hosts listen (loopback unless `start_on` said otherwise).
+    ip: Option<std::net::IpAddr>,
     /// The registry answers 503 to everything.
     down: bool,
     /// The token realm answers 503 to everything.
@@ -95,16 +97,20 @@ pub struct Manifest {
 impl Hub {
     /// Starts the four hosts on free loopback ports.
     pub async fn start() -> Hub {
+        Self::start_on([127, 0, 0, 1].into()).await
+    }
+
+    /// Starts the four hosts on free ports of `ip` (an address of this machine).
+    pub async fn start_on(ip: std::net::IpAddr) -> Hub {
         let hub = Hub::default();
+        hub.lock().ip = Some(ip);
         for (name, app) in [
             (REGISTRY, Router::new().fallback(registry)),
             (AUTH, Router::new().fallback(auth)),
             (CDN, Router::new().fallback(cdn)),
             (STORAGE, Router::new().fallback(storage)),
         ] {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
+            let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
             let port = listener.local_addr().expect("addr").port();
             hub.lock().ports.insert(name, port);
             let app = app.with_state(hub.clone());
@@ -115,6 +121,11 @@ impl Hub {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().expect("hub lock")
+    }
+
+    /// Where the hosts listen.
+    pub fn ip(&self) -> std::net::IpAddr {
+        self.lock().ip.unwrap_or([127, 0, 0, 1].into())
     }
 
     pub fn port(&self, host: &str) -> u16 {
@@ -132,14 +143,16 @@ impl Hub {
 
     /// The `resolve:` line pinning the hub's names to loopback.
     pub fn resolve_line(&self) -> String {
-        format!("resolve: {{ \"{REGISTRY}\": 127.0.0.1, \"{AUTH}\": 127.0.0.1, \"{CDN}\": 127.0.0.1, \"{STORAGE}\": 127.0.0.1 }}\n")
+        let ip = self.ip();
+        format!("resolve: {{ \"{REGISTRY}\": {ip}, \"{AUTH}\": {ip}, \"{CDN}\": {ip}, \"{STORAGE}\": {ip} }}\n")
     }
 
     /// As `mirror_config`, with more route lines (indented two spaces) under `routes:`.
     pub fn mirror_config_with_routes(&self, routes: &str) -> String {
         format!(
-            "routes:\n  docker: {{ upstream: \"{}\" }}\n{routes}resolve: {{ \"{REGISTRY}\": 127.0.0.1, \"{AUTH}\": 127.0.0.1, \"{CDN}\": 127.0.0.1, \"{STORAGE}\": 127.0.0.1 }}\n",
-            self.url(REGISTRY)
+            "routes:\n  docker: {{ upstream: \"{}\" }}\n{routes}{}",
+            self.url(REGISTRY),
+            self.resolve_line()
         )
     }
 

@@ -34,6 +34,8 @@ pub fn free_port() -> u16 {
 /// A running `pullthrough` process with its own config and directory.
 pub struct Mirror {
     pub port: u16,
+    /// The address its first listener is on (loopback unless `start_netns` said otherwise).
+    pub host: std::net::IpAddr,
     pub dir: tempfile::TempDir,
     child: Child,
     log: PathBuf,
@@ -64,7 +66,23 @@ impl Mirror {
         )
     }
 
+    /// Starts the mirror inside the network namespace `netns` (`ip netns exec`), with exactly
+    /// this listen section in `yaml`; `host:port` is where to wait and what `url` names.
+    pub fn start_netns(netns: &str, host: std::net::IpAddr, port: u16, yaml: &str) -> Mirror {
+        Self::launch_in(Some(netns), host, port, "", yaml)
+    }
+
     fn launch(port: u16, pingora: &str, yaml: &str) -> Mirror {
+        Self::launch_in(None, [127, 0, 0, 1].into(), port, pingora, yaml)
+    }
+
+    fn launch_in(
+        netns: Option<&str>,
+        host: std::net::IpAddr,
+        port: u16,
+        pingora: &str,
+        yaml: &str,
+    ) -> Mirror {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().display();
         let cache = if yaml.contains("\ncache:") || yaml.starts_with("cache:") {
@@ -79,9 +97,10 @@ impl Mirror {
         let conf = dir.path().join("pullthrough.yaml");
         std::fs::write(&conf, config).expect("write config");
         let log = dir.path().join("mirror.log");
-        let child = spawn(&[], &conf, &log);
+        let child = spawn_in(netns, &[], &conf, &log);
         let mut mirror = Mirror {
             port,
+            host,
             dir,
             child,
             log,
@@ -95,7 +114,7 @@ impl Mirror {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("mirror exited with {status}:\n{}", self.log());
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if std::net::TcpStream::connect((self.host, self.port)).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -104,11 +123,11 @@ impl Mirror {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}{path}", self.addr())
     }
 
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::new(self.host, self.port)
     }
 
     pub fn pid(&self) -> u32 {
@@ -133,7 +152,7 @@ impl Mirror {
         let log = dir.path().join("mirror.log");
         let sock = self.dir.path().join("upgrade.sock");
         let _ = std::fs::remove_file(&sock);
-        let child = spawn(&["-u"], &self.config_path(), &log);
+        let child = spawn_in(None, &["-u"], &self.config_path(), &log);
         for _ in 0..200 {
             if sock.exists() {
                 break;
@@ -152,6 +171,7 @@ impl Mirror {
         assert!(quit.success());
         Mirror {
             port: self.port,
+            host: self.host,
             dir,
             child,
             log,
@@ -191,9 +211,20 @@ impl Mirror {
     }
 }
 
-/// Starts `pullthrough <flags> -c <conf>`, logging to `log` (`MIRROR_LOG` sets RUST_LOG).
-fn spawn(flags: &[&str], conf: &Path, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_pullthrough"))
+/// Starts `pullthrough <flags> -c <conf>`, in the network namespace `netns` if given,
+/// logging to `log` (`MIRROR_LOG` sets RUST_LOG).
+fn spawn_in(netns: Option<&str>, flags: &[&str], conf: &Path, log: &Path) -> Child {
+    let program = env!("CARGO_BIN_EXE_pullthrough");
+    let mut command = match netns {
+        // `ip netns exec` execs the program: the child is the mirror itself.
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    };
+    command
         .args(flags)
         .arg("-c")
         .arg(conf)

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::{free_port, require_program, skip};
 
 pub struct Redis {
+    pub ip: std::net::IpAddr,
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -15,11 +16,17 @@ pub struct Redis {
 impl Redis {
     /// A running server, or `None` (the test skips) when redis-server is not installed.
     pub fn start() -> Option<Redis> {
+        Self::start_on([127, 0, 0, 1].into())
+    }
+
+    /// As `start`, listening on `ip` (an address of this machine).
+    pub fn start_on(ip: std::net::IpAddr) -> Option<Redis> {
         if which("redis-server").is_none() {
             skip("redis-server is not installed (Debian package redis-server)");
             return None;
         }
         let mut redis = Redis {
+            ip,
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
@@ -29,7 +36,7 @@ impl Redis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        format!("redis://{}:{}/0", self.ip, self.port)
     }
 
     /// Starts the server (again) on its port, in memory only, and waits until it answers.
@@ -37,7 +44,12 @@ impl Redis {
         let program = require_program("redis-server", "redis-server");
         let log = std::fs::File::create(self.dir.path().join("redis.log")).expect("log");
         let child = Command::new(program)
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--bind",
+                &self.ip.to_string(),
+                "--port",
+                &self.port.to_string(),
+            ])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -58,7 +70,7 @@ impl Redis {
     /// Whether the server answers PING (a plain RESP exchange).
     fn ping(&self) -> bool {
         use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+        let Ok(mut s) = std::net::TcpStream::connect((self.ip, self.port)) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
