@@ -14,6 +14,10 @@
 # (c) 50 clients at once on one uncached 100 MiB blob, upstream paced to PACE bytes/s: upstream
 #     fetches, total time and time to first byte, against one client alone on another cold blob;
 # (d) peak RSS of each server while 50 clients pull one uncached 1 GiB blob (unpaced);
+# (e) three nodes: 50 clients spread over them on one cold 100 MiB blob (paced as (c)), for a
+#     pullthrough cluster, three independent pullthrough nodes and three distribution proxies
+#     (each with its own cache, as distribution's docs describe a cache cluster): upstream
+#     fetches, total time, time to first byte; and the latency a peer hop adds to a hit;
 # and the loopback ceiling (iperf3). Upstream fetches are counted in the access log of an nginx
 # front (benches/upstream.conf.in) that stands between every mirror and docker-registry.
 set -euo pipefail
@@ -82,7 +86,12 @@ MAN="sha256:$(sha256sum "$WORK/manifest.json" | cut -d' ' -f1)"
 head -c $((COLD_MIB << 20)) /dev/urandom > "$WORK/cold1.bin"; COLD1=$(upload "$WORK/cold1.bin" bench/cold)
 head -c $((COLD_MIB << 20)) /dev/urandom > "$WORK/cold50.bin"; COLD50=$(upload "$WORK/cold50.bin" bench/cold)
 head -c $((HUGE_MIB << 20)) /dev/urandom > "$WORK/huge.bin"; HUGE=$(upload "$WORK/huge.bin" bench/huge)
-rm -f "$WORK"/cold1.bin "$WORK"/cold50.bin "$WORK"/huge.bin
+# (e): one cold blob per three-node setup.
+declare -A TRIO_BLOB
+for setup in cluster independent distribution; do
+  head -c $((COLD_MIB << 20)) /dev/urandom > "$WORK/trio.bin"; TRIO_BLOB[$setup]=$(upload "$WORK/trio.bin" bench/cold)
+done
+rm -f "$WORK"/cold1.bin "$WORK"/cold50.bin "$WORK"/huge.bin "$WORK"/trio.bin
 
 # The front between the mirrors and docker-registry: counts fetches, paces bench/cold.
 chmod 755 "$WORK"; mkdir -p "$WORK/front-temp"; chmod 777 "$WORK/front-temp"
@@ -188,6 +197,84 @@ for name in pullthrough nginx distribution; do
   HUGE_BAD[$name]=$bad; HUGE_T[$name]=$total; HUGE_F[$name]=$(( $(fetches "$HUGE") - before ))
 done
 
+# (e) three nodes each: a pullthrough cluster (keep_local off, so a hit through a node that
+# does not own the object crosses a peer hop every time), three independent pullthrough nodes,
+# three distribution proxies. The single servers above are stopped first: two cores.
+kill "$PT_PID" "$DP_PID" 2>/dev/null || true; kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+head -c 32 /dev/urandom | base64 > "$WORK/cluster.secret"
+declare -A TRIO_PORTS
+CL_PEERS=(); CL_ADMIN=()
+for i in 0 1 2; do CL_PEERS+=("127.0.0.1:$(free_port)"); CL_ADMIN+=("$(free_port)"); done
+peer_list=$(printf '"%s", ' "${CL_PEERS[@]}"); peer_list=${peer_list%, }
+for i in 0 1 2; do
+  for setup in cluster independent; do
+    port=$(free_port); TRIO_PORTS[$setup]="${TRIO_PORTS[$setup]:-} $port"
+    extra=""; admin=""
+    if [ $setup = cluster ]; then
+      extra="cluster: { node: \"${CL_PEERS[$i]}\", peers: [$peer_list], secret_file: $WORK/cluster.secret, keep_local: false }"
+      admin="admin: { listen: \"127.0.0.1:${CL_ADMIN[$i]}\" }"
+    fi
+    cat > "$WORK/$setup$i.yaml" <<YML
+pingora: { threads: 1, pid_file: $WORK/$setup$i.pid, upgrade_sock: $WORK/$setup$i.sock }
+listen: ["127.0.0.1:$port"]
+default_route: local
+routes: { local: { upstream: "http://127.0.0.1:$FRONT" } }
+cache: { dir: $WORK/$setup$i-cache, tag_ttl: 1h }
+$admin
+$extra
+YML
+    RUST_LOG=warn "$BIN" -c "$WORK/$setup$i.yaml" >"$WORK/$setup$i.log" 2>&1 & PIDS+=($!)
+  done
+  port=$(free_port); TRIO_PORTS[distribution]="${TRIO_PORTS[distribution]:-} $port"
+  cat > "$WORK/distribution$i.yml" <<YML
+version: 0.1
+log: { level: error }
+storage: { filesystem: { rootdirectory: $WORK/dist$i-cache } }
+http: { addr: 127.0.0.1:$port }
+proxy: { remoteurl: "http://127.0.0.1:$FRONT" }
+YML
+  env -u AWS_CA_BUNDLE docker-registry serve "$WORK/distribution$i.yml" >"$WORK/distribution$i.log" 2>&1 & PIDS+=($!)
+done
+for setup in cluster independent distribution; do for p in ${TRIO_PORTS[$setup]}; do wait_port "$p"; done; done
+# Every node sees the other two pass their health checks (each second).
+for a in "${CL_ADMIN[@]}"; do
+  for _ in $(seq 1 100); do
+    [ "$(curl -sf "http://127.0.0.1:$a/stats" | grep -c '"live": true')" = 3 ] && break; sleep 0.1
+  done
+done
+trio_crowd() { # setup blob -> "failed total_s ttfb_median_s ttfb_max_s"; client i asks node i % 3
+  local ports=(${TRIO_PORTS[$1]}) t0 t1 size=$((COLD_MIB << 20))
+  for i in $(seq 0 $((CLIENTS - 1))); do echo "http://127.0.0.1:${ports[$((i % 3))]}/v2/bench/cold/blobs/$2"; done > "$WORK/trio.urls"
+  t0=$(date +%s.%N)
+  xargs -P "$CLIENTS" -I{} curl -s -o /dev/null --max-time 600 \
+    -w '%{http_code} %{size_download} %{time_starttransfer} %{time_total}\n' {} < "$WORK/trio.urls" > "$WORK/crowd.out"
+  t1=$(date +%s.%N)
+  sort -k3 -g "$WORK/crowd.out" | awk -v n="$CLIENTS" -v size="$size" -v t0="$t0" -v t1="$t1" '
+    { if ($1 != 200 || $2 != size) bad++; ttfb[NR] = $3 }
+    END { if (NR < n) bad += n - NR; printf "%d %.3f %.3f %.3f\n", bad, t1 - t0, ttfb[int((NR + 1) / 2)], ttfb[NR] }'
+}
+declare -A TRIO_F TRIO_T TRIO_TTFB TRIO_TTFB_MAX TRIO_BAD
+for setup in cluster independent distribution; do
+  echo "load.sh: (e) $setup: $CLIENTS clients over three nodes on a cold ${COLD_MIB} MiB blob" >&2
+  before=$(fetches "${TRIO_BLOB[$setup]}")
+  read -r bad total ttfb ttfb_max < <(trio_crowd $setup "${TRIO_BLOB[$setup]}")
+  sleep 1
+  TRIO_BAD[$setup]=$bad; TRIO_T[$setup]=$total; TRIO_TTFB[$setup]=$ttfb; TRIO_TTFB_MAX[$setup]=$ttfb_max
+  TRIO_F[$setup]=$(( $(fetches "${TRIO_BLOB[$setup]}") - before ))
+done
+# The peer hop on a hit: the manifest by digest through its owner and through the others,
+# 4 connections; the owner is the node that forwarded nothing.
+peer_out() { curl -sf "http://127.0.0.1:$1/metrics" | awk '/^pullthrough_peer_requests_total\{direction="out"/{s+=$2} END{print s+0}'; }
+ports=(${TRIO_PORTS[cluster]}); HOP_OWNER=""; HOP_OTHERS=()
+for i in 0 1 2; do
+  before=$(peer_out "${CL_ADMIN[$i]}")
+  curl -sf -H "Accept: $MT" -o /dev/null "http://127.0.0.1:${ports[$i]}/v2/bench/app/manifests/$MAN"
+  if [ "$(peer_out "${CL_ADMIN[$i]}")" = "$before" ]; then HOP_OWNER=${ports[$i]}; else HOP_OTHERS+=("${ports[$i]}"); fi
+done
+p50() { wrk -t2 -c4 -d"${SECS}s" --latency -H "Accept: $MT" "http://127.0.0.1:$1/v2/bench/app/manifests/$MAN" | awk '$1=="50%"{print $2}'; }
+HOP_LOCAL=$(to_ms "$(p50 "$HOP_OWNER")")
+HOP_PEER=$(to_ms "$(p50 "${HOP_OTHERS[0]}")")
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "-" }'; }
 gbps() { awk -v b="$1" 'BEGIN{printf "%.2f", b/1e9}'; }
 {
@@ -218,6 +305,18 @@ gbps() { awk -v b="$1" 'BEGIN{printf "%.2f", b/1e9}'; }
   echo "| (d) failed | ${HUGE_BAD[pullthrough]} | ${HUGE_BAD[nginx]} | ${HUGE_BAD[distribution]} | | |"
   echo
   echo "Loopback ceiling (iperf3): $(gbps "$CEIL") GB/s. pullthrough (a) / ceiling: $(ratio "${BLOB[pullthrough]}" "$CEIL")."
+  echo
+  echo "(e) Three nodes each (one thread per pullthrough node), $CLIENTS clients spread over them (client i on node i mod 3) on one cold ${COLD_MIB} MiB blob, paced as (c). The cluster runs with \\`keep_local: false\\`, so the hit through a node that does not own the object below crosses a peer hop every time."
+  echo
+  echo "| case | pullthrough cluster | 3 independent pullthrough | 3 distribution (proxy) |"
+  echo "|---|---|---|---|"
+  echo "| (e) upstream fetches | ${TRIO_F[cluster]} | ${TRIO_F[independent]} | ${TRIO_F[distribution]} |"
+  echo "| (e) total s | ${TRIO_T[cluster]} | ${TRIO_T[independent]} | ${TRIO_T[distribution]} |"
+  echo "| (e) first byte, median s | ${TRIO_TTFB[cluster]} | ${TRIO_TTFB[independent]} | ${TRIO_TTFB[distribution]} |"
+  echo "| (e) first byte, slowest s | ${TRIO_TTFB_MAX[cluster]} | ${TRIO_TTFB_MAX[independent]} | ${TRIO_TTFB_MAX[distribution]} |"
+  echo "| (e) failed | ${TRIO_BAD[cluster]} | ${TRIO_BAD[independent]} | ${TRIO_BAD[distribution]} |"
+  echo
+  echo "Peer hop on a hit (manifest by digest, 4 connections, median latency): through its owner ${HOP_LOCAL} ms, through another node ${HOP_PEER} ms (+$(awk -v a="$HOP_PEER" -v b="$HOP_LOCAL" 'BEGIN{printf "%.2f", a-b}') ms)."
 } > "$OUT"
 cat "$OUT"
 # Every cell must hold a number: a failed measurement is a failed run.
