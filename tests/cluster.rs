@@ -447,6 +447,27 @@ async fn nodes_that_list_only_themselves_find_each_other_through_redis() {
         assert!(body == layer, "wrong bytes");
     }
     assert_eq!(blob_fetches(&hub, &blob), 1, "one ring: one upstream fetch");
+    // The cluster's totals add up every node's counts (each heartbeat adds what is new).
+    let served = 3 * layer.len() as u64;
+    let mut totals = serde_json::Value::Null;
+    for _ in 0..100 {
+        totals = nodes.stats(0).await["cluster"]["redis"]["totals"].clone();
+        let bytes: u64 = [
+            "bytes_from_cache",
+            "bytes_from_upstream",
+            "bytes_from_peers",
+        ]
+        .iter()
+        .map(|k| totals[k].as_u64().unwrap_or(0))
+        .sum();
+        if bytes >= served && totals["requests"].as_u64() >= Some(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let from_upstream = totals["bytes_from_upstream"].as_u64().unwrap_or(0);
+    assert!(from_upstream >= layer.len() as u64, "{totals}");
+    assert!(totals["requests"].as_u64() >= Some(3), "{totals}");
     // A node that stops leaves the announced members; the others drop it.
     nodes.nodes[2].stop();
     for i in 0..2 {

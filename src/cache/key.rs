@@ -51,20 +51,27 @@ pub fn accept_set(accept: &[&str]) -> u8 {
     set
 }
 
+/// A key's text, formatted into one allocation sized for it (`format!` grows its buffer a
+/// few times for a key's length; this is on every request).
+fn key_text(args: std::fmt::Arguments<'_>) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(192);
+    let _ = text.write_fmt(args);
+    text
+}
+
 /// The cache key for a request, or `None` when it is not cached (tag lists, catalog, auth).
 pub fn cache_key(route: &Route, path: &V2Path, accept: &[&str]) -> Option<CacheKey> {
     let primary = match path {
-        V2Path::Blob { digest, .. } => format!("{}/blobs/{digest}", route.upstream),
+        V2Path::Blob { digest, .. } => key_text(format_args!("{}/blobs/{digest}", route.upstream)),
         V2Path::Manifest { reference, .. } if reference.is_digest() => {
-            format!("{}/manifests/{reference}", route.upstream)
+            key_text(format_args!("{}/manifests/{reference}", route.upstream))
         }
-        V2Path::Manifest { name, reference } => {
-            format!(
-                "{}/{name}/manifests/{reference}#accept={:02x}",
-                route.upstream,
-                accept_set(accept)
-            )
-        }
+        V2Path::Manifest { name, reference } => key_text(format_args!(
+            "{}/{name}/manifests/{reference}#accept={:02x}",
+            route.upstream,
+            accept_set(accept)
+        )),
         _ => return None,
     };
     Some(CacheKey::new(primary, route.name.as_str()))
@@ -79,11 +86,11 @@ pub fn pointer_key(route: &Route, path: &V2Path, accept: &[&str]) -> Option<Cach
     if reference.is_digest() {
         return None;
     }
-    let primary = format!(
+    let primary = key_text(format_args!(
         "{}/{name}/manifests/{reference}#accept={:02x}#pointer",
         route.upstream,
         accept_set(accept)
-    );
+    ));
     Some(CacheKey::new(primary, route.name.as_str()))
 }
 

@@ -120,7 +120,6 @@ impl Mirror {
         ctx: &mut RequestCtx,
     ) -> Option<Canned> {
         let route = ctx.route.clone()?;
-        let path = ctx.registry_path().cloned()?;
         let req = session.req_header();
         let accept: Vec<&str> = req
             .headers
@@ -128,16 +127,18 @@ impl Mirror {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        let key = key::pointer_key(&route, &path, &accept)?;
+        let key = key::pointer_key(&route, ctx.registry_path()?, &accept)?;
         let s = &self.shared;
         let ttl = &s.cache.ttl;
-        let known = s.cache.read_pointer(&key).await;
+        let bin = key.combined_bin();
+        let known = s.cache.read_pointer(&key, bin).await;
         if let Some(pointer) = known.as_ref().filter(|p| p.age() < ttl.tag_ttl) {
             if !self.may_follow(session, ctx, pointer).await {
                 return None;
             }
-            return self.point_to(session, ctx, &path, pointer, "hit");
+            return self.point_to(session, ctx, pointer, "hit");
         }
+        let path = ctx.registry_path().cloned()?;
         // A client without a token on a registry that wants one gets its challenge from the
         // request itself; a HEAD first would only double the 401 (containerd asks so first).
         if !req.headers.contains_key(header::AUTHORIZATION)
@@ -147,7 +148,6 @@ impl Mirror {
         {
             return None;
         }
-        let bin = key.combined_bin();
         let cell = in_flight_cell(&s.tag_checks.pointers, bin);
         let target_path = ctx
             .target
@@ -158,12 +158,12 @@ impl Mirror {
         let mut asked = false;
         let outcome = cell
             .get_or_init(|| async {
-                if let Some(pointer) = self.shared_pointer(&bin, known.as_ref()).await {
+                if let Some(pointer) = self.shared_pointer(&bin, known.as_deref()).await {
                     s.cache.write_pointer(&key, &pointer).await;
                     return PointerCheck::Found(pointer);
                 }
                 asked = true;
-                let known_type = known.as_ref().and_then(|p| p.media_type.as_ref());
+                let known_type = known.as_deref().and_then(|p| p.media_type.as_ref());
                 let mut check = self
                     .ask_pointer(session, &route, &target_path, known_type)
                     .await;
@@ -217,11 +217,11 @@ impl Mirror {
                     "route {}: {why}: following the tag's last pointer ({past:?} stale)",
                     route.name
                 );
-                (last, "stale")
+                (Arc::unwrap_or_clone(last), "stale")
             }
             (PointerCheck::Unavailable(_) | PointerCheck::NotFound, _) => return None,
         };
-        self.point_to(session, ctx, &path, &pointer, served)
+        self.point_to(session, ctx, &pointer, served)
     }
 
     /// A pointer another node learned from the upstream within `cache.tag_ttl` and shared
@@ -273,13 +273,13 @@ impl Mirror {
         &self,
         session: &Session,
         ctx: &mut RequestCtx,
-        path: &V2Path,
         pointer: &TagPointer,
         served: &'static str,
     ) -> Option<Canned> {
         debug!(target: CACHE_LOG,
-            "route {}: {path} points to {}",
+            "route {}: {} points to {}",
             ctx.route_name(),
+            ctx.registry_path().map(|p| p.to_string()).unwrap_or_default(),
             pointer.digest
         );
         if session.req_header().method == http::Method::HEAD {
@@ -288,15 +288,14 @@ impl Mirror {
                 return Some(Canned::TagHead(head));
             }
         }
-        let (V2Path::Manifest { name, .. }, Some(plan::Target::Registry { path: target, .. })) =
-            (path, ctx.target.as_mut())
+        let Some(plan::Target::Registry {
+            path: V2Path::Manifest { reference, .. },
+            ..
+        }) = ctx.target.as_mut()
         else {
             return None;
         };
-        *target = V2Path::Manifest {
-            name: name.clone(),
-            reference: Reference::Digest(pointer.digest.clone()),
-        };
+        *reference = Reference::Digest(pointer.digest.clone());
         // The hop is built from the target on first use.
         ctx.hop = None;
         // "hit" and "miss" are the cache's to say; the others only the pointer knows.

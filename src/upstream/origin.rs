@@ -60,16 +60,7 @@ impl Origin {
 
     /// The value of a `Host` header for this origin (port only when not the default).
     pub fn authority(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == self.default_port() {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
+        Authority(self).to_string()
     }
 
     /// The name to present and verify over TLS. Never empty: Pingora turns certificate
@@ -79,10 +70,29 @@ impl Origin {
     }
 }
 
+/// `host[:port]` as a URL names it: written straight into the formatter (cache keys are
+/// formatted with the origin on every request).
+struct Authority<'a>(&'a Origin);
+
+impl fmt::Display for Authority<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = self.0;
+        if o.host.contains(':') {
+            write!(f, "[{}]", o.host)?;
+        } else {
+            f.write_str(&o.host)?;
+        }
+        if o.port != o.default_port() {
+            write!(f, ":{}", o.port)?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = if self.tls { "https" } else { "http" };
-        write!(f, "{scheme}://{}", self.authority())
+        f.write_str(if self.tls { "https://" } else { "http://" })?;
+        Authority(self).fmt(f)
     }
 }
 
