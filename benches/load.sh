@@ -306,7 +306,7 @@ gbps() { awk -v b="$1" 'BEGIN{printf "%.2f", b/1e9}'; }
   echo
   echo "Loopback ceiling (iperf3): $(gbps "$CEIL") GB/s. pullthrough (a) / ceiling: $(ratio "${BLOB[pullthrough]}" "$CEIL")."
   echo
-  echo "(e) Three nodes each (one thread per pullthrough node), $CLIENTS clients spread over them (client i on node i mod 3) on one cold ${COLD_MIB} MiB blob, paced as (c). The cluster runs with \\`keep_local: false\\`, so the hit through a node that does not own the object below crosses a peer hop every time."
+  echo "(e) Three nodes each (one thread per pullthrough node), $CLIENTS clients spread over them (client i on node i mod 3) on one cold ${COLD_MIB} MiB blob, paced as (c). The cluster runs with "'`keep_local: false`'", so the hit through a node that does not own the object below crosses a peer hop every time."
   echo
   echo "| case | pullthrough cluster | 3 independent pullthrough | 3 distribution (proxy) |"
   echo "|---|---|---|---|"

@@ -498,17 +498,20 @@ async fn a_tag_refreshed_by_one_node_is_fresh_on_the_others() {
     for i in 0..3 {
         nodes.wait_redis(i, true).await;
     }
-    // Pulled through node 0, which learns the pointer and (probing in the background) that
-    // the repository is public: the others follow both without asking the upstream.
+    // The tag's owner learns it for the cluster; the other two take it from Redis once one
+    // of them has it: no upstream request and no peer hop.
+    let owner = nodes.owner_of("docker.io/library/app:v1");
+    let others: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
+    let (x, y) = (others[0], others[1]);
     assert_eq!(
-        head_tag(&nodes.nodes[0]).await,
+        head_tag(&nodes.nodes[x]).await,
         (200, manifest.digest.clone())
     );
-    let node0 = &nodes.nodes[0];
-    let c = common::client(&[], node0.addr());
-    let tok = hub::pull_token(&c, node0, "library/app", None).await;
+    let node = &nodes.nodes[x];
+    let c = common::client(&[], node.addr());
+    let tok = hub::pull_token(&c, node, "library/app", None).await;
     let got = c
-        .get(node0.url(&format!("/v2/library/app/manifests/{}", manifest.digest)))
+        .get(node.url(&format!("/v2/library/app/manifests/{}", manifest.digest)))
         .bearer_auth(&tok)
         .send()
         .await
@@ -517,8 +520,8 @@ async fn a_tag_refreshed_by_one_node_is_fresh_on_the_others() {
     hub.wait_for_probe("library/app").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let learned = content_requests(&hub);
-    assert!(learned > 0);
-    for i in [1, 2] {
+    let hops = peer_requests_out(&nodes.metrics(y).await);
+    for i in [y, owner] {
         assert_eq!(
             head_tag(&nodes.nodes[i]).await,
             (200, manifest.digest.clone()),
@@ -528,24 +531,30 @@ async fn a_tag_refreshed_by_one_node_is_fresh_on_the_others() {
     assert_eq!(
         content_requests(&hub),
         learned,
-        "another node asked the upstream: {:?}",
+        "{:?}",
         hub.seen_by(REGISTRY)
     );
-    // Stale everywhere: node 1 refreshes it with one HEAD, and that is fresh for the others.
+    assert_eq!(
+        peer_requests_out(&nodes.metrics(y).await),
+        hops,
+        "node {y} asked a peer"
+    );
+    // Stale everywhere: y refreshes it (one HEAD, by the owner), and that is fresh for x.
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let tag_heads = || hub.count_method(REGISTRY, "HEAD", "/v2/library/app/manifests/v1");
     let before = tag_heads();
     assert_eq!(
-        head_tag(&nodes.nodes[1]).await,
+        head_tag(&nodes.nodes[y]).await,
         (200, manifest.digest.clone())
     );
     assert_eq!(
         tag_heads(),
         before + 1,
-        "node 1 refreshes the tag with one HEAD"
+        "the tag is refreshed with one HEAD"
     );
     let refreshed = content_requests(&hub);
-    for i in [0, 2] {
+    let hops = peer_requests_out(&nodes.metrics(x).await);
+    for i in [x, owner] {
         assert_eq!(
             head_tag(&nodes.nodes[i]).await,
             (200, manifest.digest.clone()),
@@ -558,11 +567,25 @@ async fn a_tag_refreshed_by_one_node_is_fresh_on_the_others() {
         "{:?}",
         hub.seen_by(REGISTRY)
     );
-    let metrics = nodes.metrics(2).await;
+    assert_eq!(
+        peer_requests_out(&nodes.metrics(x).await),
+        hops,
+        "node {x} asked a peer"
+    );
+    let metrics = nodes.metrics(x).await;
     assert!(
-        metrics.contains("pullthrough_shared_state_total{kind=\"tag\",outcome=\"hit\"} 2"),
+        metrics.contains("pullthrough_shared_state_total{kind=\"tag\",outcome=\"hit\"}"),
         "{metrics}"
     );
+}
+
+/// Requests this node sent to peers, whatever their outcome.
+fn peer_requests_out(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("pullthrough_peer_requests_total{direction=\"out\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -627,5 +650,68 @@ async fn with_redis_killed_pulls_keep_working_and_the_nodes_recover_when_it_retu
             .iter()
             .all(|l| !l.contains(" ERROR ")),
         "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tag_is_looked_up_once_for_the_cluster_however_many_nodes_ask_at_once() {
+    let hub = Hub::start().await;
+    let blob = hub.add_blob(noise(64 << 10, 66));
+    let manifest = hub.add_manifest("library/app", "v1", &blob);
+    let extra = "cache: { dir: \"{cache}\", tag_ttl: 1s }\n";
+    let nodes = Nodes::start(&hub, 3, extra).await;
+    // One client's token, its requests spread over the nodes by the load balancer (other
+    // tokens add their own access checks, one HEAD per credential: tests/ask_once.rs).
+    let c = common::client(&[], nodes.nodes[0].addr());
+    let tok = hub::pull_token(&c, &nodes.nodes[0], "library/app", None).await;
+    let clients: Vec<_> = nodes
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                common::client(&[], n.addr()),
+                tok.clone(),
+                n.url("/v2/library/app/manifests/v1"),
+            )
+        })
+        .collect();
+    let tag_heads = || hub.count_method(REGISTRY, "HEAD", "/v2/library/app/manifests/v1");
+    // Cold, then stale on every node: each time one upstream HEAD for the whole cluster.
+    for round in 1..=2 {
+        let mut heads = Vec::new();
+        for i in 0..30 {
+            let (c, tok, url) = clients[i % 3].clone();
+            heads.push(tokio::spawn(async move {
+                let r = c
+                    .head(url)
+                    .bearer_auth(tok)
+                    .header("accept", hub::OCI_MANIFEST)
+                    .send()
+                    .await
+                    .unwrap();
+                let digest = r.headers().get("docker-content-digest").cloned();
+                (
+                    r.status().as_u16(),
+                    digest.map(|d| d.to_str().unwrap().to_owned()),
+                )
+            }));
+        }
+        for head in heads {
+            assert_eq!(head.await.unwrap(), (200, Some(manifest.digest.clone())));
+        }
+        assert_eq!(
+            tag_heads(),
+            round,
+            "round {round}: {:?}",
+            hub.seen_by(REGISTRY)
+                .iter()
+                .filter(|s| s.method == "HEAD")
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    assert_eq!(
+        hub.count_method(REGISTRY, "GET", "/v2/library/app/manifests/v1"),
+        0
     );
 }

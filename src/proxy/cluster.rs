@@ -7,6 +7,7 @@ use super::*;
 use crate::cluster::{Cluster, Owner, PEER_HEADER};
 use crate::proxy::hops::Hop;
 use crate::registry::V2Path;
+use crate::routes::Route;
 use crate::upstream::Origin;
 
 impl Mirror {
@@ -74,13 +75,8 @@ impl Mirror {
         let (Some(route), Some(target)) = (ctx.route.as_ref(), ctx.target.as_ref()) else {
             return;
         };
-        // `?ns=` names a registry; a second route to the same registry is served here.
-        let reachable_by_ns = self
-            .shared
-            .routes
-            .by_registry(&route.registry)
-            .is_some_and(|r| r.name == route.name);
-        let Some(key) = owner_key(ctx.registry_path()).filter(|_| reachable_by_ns) else {
+        let Some(key) = owner_key(ctx.registry_path()).filter(|_| self.reachable_by_ns(route))
+        else {
             return;
         };
         if let Owner::Peer(owner) = cluster.owner(key.as_bytes(), &ctx.failed_owners) {
@@ -89,6 +85,33 @@ impl Mirror {
             let path = format!("{path}{sep}ns={}", route.registry);
             ctx.hop = Some(peer_hop(owner, path));
             ctx.owner = Some(owner);
+        }
+    }
+
+    /// `?ns=` names a registry: a request reaches this route on its owner only if the route
+    /// is the first for its registry (a second route to the same registry is served here).
+    fn reachable_by_ns(&self, route: &Route) -> bool {
+        self.shared
+            .routes
+            .by_registry(&route.registry)
+            .is_some_and(|r| r.name == route.name)
+    }
+
+    /// The owner of a tag's pointer (registry, repository and tag), when that is another
+    /// member and the request did not come from one: it learns the tag for the cluster.
+    pub(super) fn tag_owner(&self, ctx: &RequestCtx) -> Option<SocketAddr> {
+        let cluster = self.shared.cluster.as_ref().filter(|_| !ctx.from_peer)?;
+        let route = ctx.route.as_deref().filter(|r| self.reachable_by_ns(r))?;
+        let V2Path::Manifest { name, reference } = ctx.registry_path()? else {
+            return None;
+        };
+        if reference.is_digest() {
+            return None;
+        }
+        let key = format!("{}/{name}:{reference}", route.registry);
+        match cluster.owner(key.as_bytes(), &[]) {
+            Owner::Peer(owner) => Some(owner),
+            Owner::Me => None,
         }
     }
 

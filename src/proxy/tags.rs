@@ -74,6 +74,27 @@ fn settle<T>(
     }
 }
 
+/// What a tag lookup sends: the client's credentials and `Accept` (the pointer's known type
+/// when the client names none).
+fn lookup_headers<'a>(
+    session: &'a Session,
+    known_type: Option<&'a HeaderValue>,
+) -> Vec<(http::HeaderName, &'a HeaderValue)> {
+    let req = session.req_header();
+    let mut headers = Vec::new();
+    for name in [header::AUTHORIZATION, header::ACCEPT] {
+        for value in req.headers.get_all(&name) {
+            headers.push((name.clone(), value));
+        }
+    }
+    if !req.headers.contains_key(header::ACCEPT) {
+        if let Some(media_type) = known_type {
+            headers.push((header::ACCEPT, media_type));
+        }
+    }
+    headers
+}
+
 impl Mirror {
     /// Checks a stale tag with a HEAD carrying the client's credentials and `Accept` (no
     /// Docker Hub pull quota): the same digest refreshes the entry, a new digest fetches it
@@ -164,13 +185,29 @@ impl Mirror {
                 }
                 asked = true;
                 let known_type = known.as_deref().and_then(|p| p.media_type.as_ref());
-                let mut check = self
-                    .ask_pointer(session, &route, &target_path, known_type)
-                    .await;
+                // In a cluster the tag's owner learns it, once for every node.
+                let from_owner = match self.tag_owner(ctx) {
+                    Some(owner) => {
+                        self.ask_owner(session, &route, owner, &target_path, known_type)
+                            .await
+                    }
+                    None => None,
+                };
+                let asked_upstream = from_owner.is_none();
+                let mut check = match from_owner {
+                    Some(check) => check,
+                    None => {
+                        self.ask_pointer(session, &route, &target_path, known_type)
+                            .await
+                    }
+                };
                 if let PointerCheck::Found(pointer) = &mut check {
                     pointer.private = learned_privately(session, ctx);
+                    // Granted before anyone waiting on this lookup follows the pointer, so
+                    // a waiter with the same credentials needs no access check of its own.
+                    self.granted_by_answer(session, ctx, pointer);
                     s.cache.write_pointer(&key, pointer).await;
-                    if let Some(store) = s.store() {
+                    if let Some(store) = s.store().filter(|_| asked_upstream) {
                         store
                             .publish_tag(&bin, pointer, ttl.tag_ttl + ttl.stale_for)
                             .await;
@@ -183,9 +220,7 @@ impl Mirror {
         settle(&s.tag_checks.pointers, bin, &cell);
         let (pointer, served) = match (outcome, known) {
             (PointerCheck::Found(pointer), known) => {
-                if asked {
-                    self.granted_by_answer(session, ctx, &pointer);
-                } else if !self.may_follow(session, ctx, &pointer).await {
+                if !asked && !self.may_follow(session, ctx, &pointer).await {
                     return None;
                 }
                 // A pointer asked again: what the cache serves for it was revalidated.
@@ -303,6 +338,78 @@ impl Mirror {
         None
     }
 
+    /// Asks the tag's owner where it points: a signed HEAD to its peer listener, answered
+    /// from the owner's pointer or by the owner's one upstream HEAD (coalesced there for the
+    /// whole cluster), under the owner's access rules for these credentials. `None` when the
+    /// owner cannot be reached: this node asks the upstream itself.
+    async fn ask_owner(
+        &self,
+        session: &Session,
+        route: &Route,
+        owner: std::net::SocketAddr,
+        path_and_query: &str,
+        known_type: Option<&HeaderValue>,
+    ) -> Option<PointerCheck> {
+        let s = &self.shared;
+        let cluster = s.cluster.as_ref()?;
+        let sep = if path_and_query.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let path = format!("{path_and_query}{sep}ns={}", route.registry);
+        let signed = cluster.signer.sign(
+            "HEAD",
+            &path,
+            &cluster.node_name,
+            std::time::SystemTime::now(),
+        );
+        let signed = HeaderValue::from_str(&signed).ok()?;
+        let mut headers = lookup_headers(session, known_type);
+        headers.push((
+            http::HeaderName::from_static(crate::cluster::PEER_HEADER),
+            &signed,
+        ));
+        let mut timeouts = s.upstream.clone();
+        timeouts.connect_timeout = timeouts
+            .connect_timeout
+            .min(crate::cluster::PEER_CONNECT_TIMEOUT);
+        timeouts.read_timeout = cluster.peer_timeout;
+        let origin = crate::upstream::Origin {
+            tls: false,
+            host: owner.ip().to_string(),
+            port: owner.port(),
+        };
+        let answer = s
+            .side
+            .head(&s.resolver, &timeouts, &origin, &path, &headers)
+            .await;
+        let peer_requests = &METRICS.peer_requests;
+        let resp = match answer {
+            Ok(resp) => resp,
+            Err(e) => {
+                peer_requests
+                    .with_label_values(&["out", "unreachable"])
+                    .inc();
+                warn!("peer {owner} unreachable for a tag lookup ({e}): asking the upstream");
+                return None;
+            }
+        };
+        let status = resp.status.as_u16();
+        peer_requests
+            .with_label_values(&["out", crate::metrics::status_class(status)])
+            .inc();
+        Some(
+            match TagPointer::from_answer(&resp).filter(|_| status == 200) {
+                Some(pointer) => PointerCheck::Found(pointer),
+                None if status >= 500 || status == 429 => {
+                    PointerCheck::Unavailable(format!("the tag's owner {owner} answered {status}"))
+                }
+                None => PointerCheck::NotFound,
+            },
+        )
+    }
+
     /// The one upstream HEAD that learns where a tag points, with the client's credentials
     /// and `Accept` (the pointer's type when the client names none).
     async fn ask_pointer(
@@ -312,18 +419,7 @@ impl Mirror {
         path_and_query: &str,
         known_type: Option<&HeaderValue>,
     ) -> PointerCheck {
-        let req = session.req_header();
-        let mut headers = Vec::new();
-        for name in [header::AUTHORIZATION, header::ACCEPT] {
-            for value in req.headers.get_all(&name) {
-                headers.push((name.clone(), value));
-            }
-        }
-        if !req.headers.contains_key(header::ACCEPT) {
-            if let Some(media_type) = known_type {
-                headers.push((header::ACCEPT, media_type));
-            }
-        }
+        let headers = lookup_headers(session, known_type);
         let s = &self.shared;
         if s.outages.is_down(&route.name) {
             return PointerCheck::Unavailable("the upstream is down".into());
