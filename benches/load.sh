@@ -3,8 +3,9 @@
 # mode, all on loopback in front of one Debian docker-registry, measured the same way with
 # wrk in the same run. Writes BENCHMARKS.md.
 #
-#   benches/load.sh            full run (10 s per case; 256 MiB, 100 MiB and 1 GiB blobs;
-#                              about 6 minutes) -> BENCHMARKS.md
+#   benches/load.sh            full run ((a), (b): 3 interleaved rounds of 6 s, medians and
+#                              spreads; 256 MiB, 100 MiB and 1 GiB blobs; about 12 minutes)
+#                              -> BENCHMARKS.md
 #   benches/load.sh --smoke    2 s per case, blobs of a few MiB -> target/BENCHMARKS-smoke.md
 #                              (CI runs this so the harness cannot rot; it asserts no timings)
 #   PACE=50m benches/load.sh   another upstream pace for case (c)
@@ -26,9 +27,9 @@ cd "$(dirname "$0")/.."
 SMOKE=0
 [ "${1:-}" = "--smoke" ] && SMOKE=1
 if [ $SMOKE = 1 ]; then
-  BIG_MIB=8; COLD_MIB=4; HUGE_MIB=16; SECS=2; OUT=target/BENCHMARKS-smoke.md
+  BIG_MIB=8; COLD_MIB=4; HUGE_MIB=16; SECS=2; ROUNDS=1; OUT=target/BENCHMARKS-smoke.md
 else
-  BIG_MIB=256; COLD_MIB=100; HUGE_MIB=1024; SECS=10; OUT=BENCHMARKS.md
+  BIG_MIB=256; COLD_MIB=100; HUGE_MIB=1024; SECS=6; ROUNDS=3; OUT=BENCHMARKS.md
 fi
 CLIENTS=50
 PACE=${PACE:-20m} # bytes/s per upstream connection in case (c), in nginx limit_rate syntax (20m = 20 MB/s)
@@ -134,22 +135,42 @@ to_bytes() { # wrk's "2.10GB" -> bytes
 }
 to_ms() { awk -v v="$1" 'BEGIN{n=v+0; u=v; sub(/^[0-9.]+/,"",u); m=1; if(u=="us")m=0.001; if(u=="s")m=1000; printf "%.2f", n*m}'; }
 
-declare -A BLOB RPS_D P99_D RPS_T P99_T
+# (a) and (b): each cache warmed, then $ROUNDS rounds, the servers interleaved within each
+# round (A B C A B C ...), so a slow moment of the machine falls on all of them; each cell is
+# the median of the rounds, with the spread (lowest-highest) beside it.
+port_of() { case $1 in pullthrough) echo "$PT" ;; nginx) echo "$NG" ;; distribution) echo "$DP" ;; esac; }
 for name in pullthrough nginx distribution; do
-  case $name in pullthrough) port=$PT ;; nginx) port=$NG ;; distribution) port=$DP ;; esac
-  base="http://127.0.0.1:$port/v2/bench/app"
-  # Warm each cache, then measure hits.
+  base="http://127.0.0.1:$(port_of $name)/v2/bench/app"
   for u in "$base/blobs/$BIG" "$base/manifests/$MAN" "$base/manifests/v1"; do
     curl -sf -H "Accept: $MT" -o /dev/null "$u"; curl -sf -H "Accept: $MT" -o /dev/null "$u"
   done
-  out=$(wrk -t2 -c4 -d"${SECS}s" "$base/blobs/$BIG")
-  BLOB[$name]=$(to_bytes "$(echo "$out" | awk '/Transfer\/sec/{print $2}')")
-  out=$(wrk -t2 -c64 -d"${SECS}s" --latency -H "Accept: $MT" "$base/manifests/$MAN")
-  RPS_D[$name]=$(echo "$out" | awk '/Requests\/sec/{printf "%.0f", $2}')
-  P99_D[$name]=$(to_ms "$(echo "$out" | awk '$1=="99%"{print $2}')")
-  out=$(wrk -t2 -c64 -d"${SECS}s" --latency -H "Accept: $MT" "$base/manifests/v1")
-  RPS_T[$name]=$(echo "$out" | awk '/Requests\/sec/{printf "%.0f", $2}')
-  P99_T[$name]=$(to_ms "$(echo "$out" | awk '$1=="99%"{print $2}')")
+done
+declare -A BLOB_R RPS_D_R P99_D_R RPS_T_R P99_T_R
+for round in $(seq 1 "$ROUNDS"); do
+  echo "load.sh: (a), (b) round $round of $ROUNDS" >&2
+  for name in pullthrough nginx distribution; do
+    base="http://127.0.0.1:$(port_of $name)/v2/bench/app"
+    out=$(wrk -t2 -c4 -d"${SECS}s" "$base/blobs/$BIG")
+    BLOB_R[$name]+=" $(to_bytes "$(echo "$out" | awk '/Transfer\/sec/{print $2}')")"
+    out=$(wrk -t2 -c64 -d"${SECS}s" --latency -H "Accept: $MT" "$base/manifests/$MAN")
+    RPS_D_R[$name]+=" $(echo "$out" | awk '/Requests\/sec/{printf "%.0f", $2}')"
+    P99_D_R[$name]+=" $(to_ms "$(echo "$out" | awk '$1=="99%"{print $2}')")"
+    out=$(wrk -t2 -c64 -d"${SECS}s" --latency -H "Accept: $MT" "$base/manifests/v1")
+    RPS_T_R[$name]+=" $(echo "$out" | awk '/Requests\/sec/{printf "%.0f", $2}')"
+    P99_T_R[$name]+=" $(to_ms "$(echo "$out" | awk '$1=="99%"{print $2}')")"
+  done
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+spread() { # "low-high" of the rounds, formatted by $2 (printf)
+  tr ' ' '\n' | grep -v '^$' | sort -g | awk -v f="$1" 'NR==1{lo=$1} {hi=$1} END{printf f "-" f, lo, hi}'
+}
+declare -A BLOB RPS_D P99_D RPS_T P99_T BLOB_S RPS_D_S RPS_T_S
+for name in pullthrough nginx distribution; do
+  BLOB[$name]=$(echo "${BLOB_R[$name]}" | median); BLOB_S[$name]=$(echo "${BLOB_R[$name]}" | awk '{for(i=1;i<=NF;i++) printf " %.2f", $i/1e9}' | spread %.2f)
+  RPS_D[$name]=$(echo "${RPS_D_R[$name]}" | median); RPS_D_S[$name]=$(echo "${RPS_D_R[$name]}" | spread %d)
+  P99_D[$name]=$(echo "${P99_D_R[$name]}" | median)
+  RPS_T[$name]=$(echo "${RPS_T_R[$name]}" | median); RPS_T_S[$name]=$(echo "${RPS_T_R[$name]}" | spread %d)
+  P99_T[$name]=$(echo "${P99_T_R[$name]}" | median)
 done
 
 # (c) and (d): clients at once on a cold blob.
@@ -282,7 +303,7 @@ gbps() { awk -v b="$1" 'BEGIN{printf "%.2f", b/1e9}'; }
   echo
   echo "Written by \`benches/load.sh$([ $SMOKE = 1 ] && echo ' --smoke')\` on $(date -u +%Y-%m-%d): $(nproc) cores ($(awk -F': *' '/model name/{print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)."
   echo "All servers on loopback in front of one docker-registry (through an nginx front that counts fetches); clients (wrk, curl) on the same cores."
-  echo "(a), (b): ${SECS} s per case, caches warm. (c): the cold repository paced to ${PACE} bytes/s (nginx limit_rate) per upstream connection after a first-second burst (an internet upstream is slower than the mirror's clients). (d): unpaced."
+  echo "(a), (b): caches warm; ${ROUNDS} rounds of ${SECS} s per case, the servers interleaved within each round; each cell is the median, the spread (lowest-highest over the rounds) is listed below the table. (c): the cold repository paced to ${PACE} bytes/s (nginx limit_rate) per upstream connection after a first-second burst (an internet upstream is slower than the mirror's clients). (d): unpaced."
   echo
   echo "| case | pullthrough | nginx | distribution (proxy) | pullthrough/nginx | pullthrough/distribution |"
   echo "|---|---|---|---|---|---|"
@@ -303,6 +324,8 @@ gbps() { awk -v b="$1" 'BEGIN{printf "%.2f", b/1e9}'; }
   echo "| (d) upstream fetches | ${HUGE_F[pullthrough]} | ${HUGE_F[nginx]} | ${HUGE_F[distribution]} | | |"
   echo "| (d) total s | ${HUGE_T[pullthrough]} | ${HUGE_T[nginx]} | ${HUGE_T[distribution]} | | |"
   echo "| (d) failed | ${HUGE_BAD[pullthrough]} | ${HUGE_BAD[nginx]} | ${HUGE_BAD[distribution]} | | |"
+  echo
+  echo "Spread over the rounds (lowest-highest), pullthrough / nginx / distribution: (a) GB/s ${BLOB_S[pullthrough]} / ${BLOB_S[nginx]} / ${BLOB_S[distribution]}; (b) by digest req/s ${RPS_D_S[pullthrough]} / ${RPS_D_S[nginx]} / ${RPS_D_S[distribution]}; (b) by tag req/s ${RPS_T_S[pullthrough]} / ${RPS_T_S[nginx]} / ${RPS_T_S[distribution]}. A ratio is a lead only where the spreads do not overlap."
   echo
   echo "Loopback ceiling (iperf3): $(gbps "$CEIL") GB/s. pullthrough (a) / ceiling: $(ratio "${BLOB[pullthrough]}" "$CEIL")."
   echo
