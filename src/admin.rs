@@ -1,5 +1,5 @@
-//! The admin listener (`admin.listen`): Prometheus `/metrics`, `/healthz`, and `/stats` as
-//! JSON. Kept off the public listeners so scrapes and health checks never mix with pulls.
+//! The admin listener (`admin.listen`): the status page at `/`, Prometheus `/metrics`,
+//! `/healthz`, and `/stats` as JSON. Kept off the public listeners so scrapes and health checks never mix with pulls.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,6 +13,10 @@ use pingora_prometheus::PrometheusHttpApp;
 
 use crate::metrics::METRICS;
 use crate::proxy::Shared;
+
+/// The status page: one self-contained document (no external assets) whose script polls
+/// `/stats` and renders it.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Serves the admin endpoints.
 pub struct AdminApp {
@@ -32,12 +36,21 @@ impl AdminApp {
         use pingora::cache::eviction::EvictionManager;
         let cache = &self.shared.cache;
         let s = &cache.storage.stats;
+        let bytes = |source: &str| METRICS.bytes_served.with_label_values(&[source]).get();
         serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
             "uptime_seconds": self.started.elapsed().as_secs(),
             "draining": self.shared.draining.load(Ordering::Acquire),
+            "bytes_served": {
+                "cache": bytes("cache"),
+                "upstream": bytes("upstream"),
+                "peer": bytes("peer"),
+            },
+            "traffic": METRICS.traffic_by_route(),
             "cache": {
                 "size_bytes": cache.eviction.total_size(),
+                "max_size_bytes": cache.max_size,
                 "items": cache.eviction.total_items(),
                 "evicted_items": cache.eviction.evicted_items(),
                 "fills_in_flight": s.fills_in_flight.load(Ordering::Relaxed),
@@ -78,6 +91,11 @@ impl ServeHttp for AdminApp {
                 }
                 PrometheusHttpApp.response(session).await
             }
+            "/" => respond(
+                200,
+                "text/html; charset=utf-8",
+                STATUS_PAGE.as_bytes().to_vec(),
+            ),
             "/healthz" => respond(200, "text/plain", b"ok\n".to_vec()),
             "/stats" => {
                 let body = serde_json::to_vec_pretty(&self.stats()).unwrap_or_default();
@@ -86,7 +104,7 @@ impl ServeHttp for AdminApp {
             _ => respond(
                 404,
                 "text/plain",
-                b"admin endpoints: /metrics /healthz /stats\n".to_vec(),
+                b"admin endpoints: / (status page) /metrics /healthz /stats\n".to_vec(),
             ),
         }
     }

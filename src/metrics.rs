@@ -229,7 +229,43 @@ impl Metrics {
     }
 }
 
+/// One route's requests as the status page shows them.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RouteTraffic {
+    pub requests: u64,
+    /// Answered from the cache (`hit`, `stale` or `revalidated`).
+    pub from_cache: u64,
+    /// Answered with a 5xx.
+    pub errors: u64,
+}
+
 impl Metrics {
+    /// Requests per route, from `pullthrough_requests_total`.
+    pub fn traffic_by_route(&self) -> std::collections::BTreeMap<String, RouteTraffic> {
+        use prometheus::core::Collector;
+        let mut by_route = std::collections::BTreeMap::<String, RouteTraffic>::new();
+        for family in self.requests.collect() {
+            for m in family.get_metric() {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map_or("", |l| l.value())
+                };
+                let n = m.get_counter().value() as u64;
+                let t = by_route.entry(label("route").to_owned()).or_default();
+                t.requests += n;
+                if matches!(label("cache"), "hit" | "stale" | "revalidated") {
+                    t.from_cache += n;
+                }
+                if label("status") == "5xx" {
+                    t.errors += n;
+                }
+            }
+        }
+        by_route
+    }
+
     /// This node's lifetime counts added to the cluster's totals (`cluster::store`):
     /// requests, cache hits, and body bytes served by source.
     pub fn totals(&self) -> [(&'static str, u64); 5] {

@@ -48,6 +48,8 @@ pub struct Cache {
     pub ttl: TtlPolicy,
     /// Larger objects are served uncached (`cache.max_object_size`).
     pub max_object_size: usize,
+    /// What the cache may hold on disk (`cache.max_size`).
+    pub max_size: u64,
     /// Who may read content filled with credentials.
     pub access: access::AccessBook,
     /// Tag pointers read or written by this process, in front of their records on disk.
@@ -115,6 +117,7 @@ impl Cache {
             eviction,
             lock,
             max_object_size: usize::try_from(config.max_object_size).unwrap_or(usize::MAX),
+            max_size: config.max_size,
             ttl: TtlPolicy {
                 tag_ttl: config.tag_ttl,
                 stale_for: config.stale_for,
