@@ -48,6 +48,7 @@ impl AdminApp {
                 "peer": bytes("peer"),
             },
             "traffic": METRICS.traffic_by_route(),
+            "activity": self.activity(),
             "cache": {
                 "size_bytes": cache.eviction.total_size(),
                 "max_size_bytes": cache.max_size,
@@ -67,6 +68,31 @@ impl AdminApp {
                     "totals": store.totals(),
                 })),
             })),
+        })
+    }
+}
+
+impl AdminApp {
+    fn activity(&self) -> serde_json::Value {
+        let a = &self.shared.activity;
+        let routes: serde_json::Map<String, serde_json::Value> = self
+            .shared
+            .routes
+            .routes()
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.name.clone(),
+                    serde_json::to_value(a.route(&r.name)?).ok()?,
+                ))
+            })
+            .collect();
+        let (by_requests, by_bytes_saved) = a.top_repositories();
+        serde_json::json!({
+            "routes": routes,
+            "recent_errors": a.recent_errors(),
+            "top_by_requests": by_requests,
+            "top_by_bytes_saved": by_bytes_saved,
         })
     }
 }

@@ -8,6 +8,7 @@
 //! - [`proxy`]: the Pingora `ProxyHttp` implementation.
 //! - [`server`]: the Pingora server built from a config.
 
+pub mod activity;
 pub mod admin;
 pub mod cache;
 pub mod cluster;

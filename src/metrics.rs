@@ -237,6 +237,8 @@ pub struct RouteTraffic {
     pub from_cache: u64,
     /// Answered with a 5xx.
     pub errors: u64,
+    /// Answered from a stale entry or tag pointer while the upstream could not be asked.
+    pub stale: u64,
 }
 
 impl Metrics {
@@ -260,6 +262,9 @@ impl Metrics {
                 }
                 if label("status") == "5xx" {
                     t.errors += n;
+                }
+                if label("cache") == "stale" {
+                    t.stale += n;
                 }
             }
         }

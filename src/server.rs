@@ -95,7 +95,9 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
         );
         cluster
     });
+    let activity = crate::activity::Activity::new(routes.routes().iter().map(|r| r.name.as_str()));
     let shared = Arc::new(Shared {
+        activity,
         draining,
         guard: crate::guard::Guard::new(limits),
         repositories,

@@ -1,7 +1,7 @@
 //! The status page at `/` on the admin listener, in a real browser: Debian's chromium,
 //! headless, reading the DOM once the page's script has polled `/stats` a few times. The page
-//! renders, its numbers equal `/stats` after a known sequence of requests, and it updates
-//! without a reload. A screenshot lands in `target/status-page.png` (the README's).
+//! renders, its numbers equal `/stats` after a known sequence of requests (one of them failing),
+//! and it updates without a reload. A screenshot lands in `target/status-page.png` (the README's).
 
 mod common;
 
@@ -99,6 +99,17 @@ async fn the_status_page_shows_what_stats_says_and_keeps_updating() {
         assert_eq!(r.status(), 200, "{path}");
         r.bytes().await.unwrap();
     }
+    // And one that fails: the registry down, a blob never cached.
+    hub.set_down(true);
+    let missing = hub.add_blob(noise(1024, 72));
+    let failed = c
+        .get(mirror.url(&format!("/v2/library/app/blobs/{missing}")))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert!(failed.status().is_server_error(), "{}", failed.status());
+    hub.set_down(false);
     let admin_url = format!("http://127.0.0.1:{admin}");
     let stats: serde_json::Value = reqwest::get(format!("{admin_url}/stats"))
         .await
@@ -107,7 +118,8 @@ async fn the_status_page_shows_what_stats_says_and_keeps_updating() {
         .await
         .unwrap();
     let traffic = &stats["traffic"]["docker"];
-    assert!(traffic["requests"].as_u64() >= Some(6), "{stats}");
+    assert!(traffic["requests"].as_u64() >= Some(7), "{stats}");
+    assert!(traffic["errors"].as_u64() >= Some(1), "{stats}");
     assert!(traffic["from_cache"].as_u64() >= Some(2), "{stats}");
 
     let profile = tempfile::tempdir().unwrap();
@@ -154,6 +166,27 @@ async fn the_status_page_shows_what_stats_says_and_keeps_updating() {
     assert_eq!(cells[0], "docker");
     assert_eq!(cells[3], n(&traffic["requests"]), "{row}");
     assert_eq!(cells[4], n(&traffic["from_cache"]), "{row}");
+    assert!(cells[7].ends_with(" ago"), "last upstream answer: {row}");
+    let last_error = &stats["activity"]["routes"]["docker"]["last_error"];
+    assert!(
+        cells[8].starts_with(&last_error["status"].to_string()),
+        "last error {last_error}: {row}"
+    );
+    // The busiest repository, and the failed request among the recent errors.
+    let top = &stats["activity"]["top_by_requests"][0];
+    assert_eq!(top["repository"], "library/app", "{stats}");
+    let top_at = dom
+        .find("data-repository=\"library/app\"")
+        .expect("the busiest repository's row");
+    let top_row = &dom[top_at..dom[top_at..].find("</tr>").unwrap() + top_at];
+    assert!(
+        top_row.contains(&format!(">{}</td>", n(&top["requests"]))),
+        "{top_row}"
+    );
+    assert!(
+        dom.contains(&format!("/v2/library/app/blobs/{missing}")),
+        "{dom}"
+    );
     // Updated without a reload: the script rendered more than once.
     let updates: u32 = text_of(&dom, "id=\"updates\"").parse().unwrap();
     assert!(updates >= 2, "the page rendered {updates} times");
@@ -165,7 +198,7 @@ async fn the_status_page_shows_what_stats_says_and_keeps_updating() {
         profile.path(),
         &[
             &format!("--screenshot={}", shot.display()),
-            "--window-size=1280,860",
+            "--window-size=1280,1350",
             "--virtual-time-budget=3000",
         ],
         &format!("{admin_url}/"),

@@ -76,6 +76,8 @@ pub struct Shared {
     pub tag_checks: tags::TagChecks,
     /// The cluster this node is a member of, if any.
     pub cluster: Option<crate::cluster::Cluster>,
+    /// What the status page shows beyond the counters.
+    pub activity: crate::activity::Activity,
 }
 
 impl Shared {
@@ -758,6 +760,24 @@ impl ProxyHttp for Mirror {
             _ => String::new(),
         };
         record_metrics(ctx, status, session.body_bytes_sent());
+        let failure = match (e, &ctx.failure) {
+            (_, Some(f)) => Some(f.message.as_str()),
+            (Some(e), None) => Some(e.etype().as_str()),
+            _ => None,
+        };
+        self.shared.activity.record(&crate::activity::Finished {
+            route: ctx.route_name(),
+            repository: ctx
+                .registry_path()
+                .and_then(|p| p.name())
+                .map(|n| n.as_str()),
+            path: req.uri.path(),
+            status,
+            upstream_answered: ctx.upstream_answered.is_some(),
+            from_cache: matches!(ctx.cache_status, Some("hit" | "stale" | "revalidated")),
+            bytes: session.body_bytes_sent() as u64,
+            failure,
+        });
         if e.is_some_and(|e| e.etype() == &ErrorType::WriteTimedout) {
             METRICS.send_timeouts.inc();
         }
