@@ -519,26 +519,7 @@ async fn a_tag_refreshed_by_one_node_is_fresh_on_the_others() {
     assert_eq!(got.bytes().await.unwrap().to_vec(), manifest.body);
     hub.wait_for_probe("library/app").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let learned = content_requests(&hub);
-    let hops = peer_requests_out(&nodes.metrics(y).await);
-    for i in [y, owner] {
-        assert_eq!(
-            head_tag(&nodes.nodes[i]).await,
-            (200, manifest.digest.clone()),
-            "node {i}"
-        );
-    }
-    assert_eq!(
-        content_requests(&hub),
-        learned,
-        "{:?}",
-        hub.seen_by(REGISTRY)
-    );
-    assert_eq!(
-        peer_requests_out(&nodes.metrics(y).await),
-        hops,
-        "node {y} asked a peer"
-    );
+    followed_as_known(&hub, &nodes, y, owner, &manifest.digest).await;
     // Stale everywhere: y refreshes it (one HEAD, by the owner), and that is fresh for x.
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let tag_heads = || hub.count_method(REGISTRY, "HEAD", "/v2/library/app/manifests/v1");
@@ -552,31 +533,28 @@ async fn a_tag_refreshed_by_one_node_is_fresh_on_the_others() {
         before + 1,
         "the tag is refreshed with one HEAD"
     );
-    let refreshed = content_requests(&hub);
-    let hops = peer_requests_out(&nodes.metrics(x).await);
-    for i in [x, owner] {
-        assert_eq!(
-            head_tag(&nodes.nodes[i]).await,
-            (200, manifest.digest.clone()),
-            "node {i}"
-        );
-    }
-    assert_eq!(
-        content_requests(&hub),
-        refreshed,
-        "{:?}",
-        hub.seen_by(REGISTRY)
-    );
-    assert_eq!(
-        peer_requests_out(&nodes.metrics(x).await),
-        hops,
-        "node {x} asked a peer"
-    );
+    followed_as_known(&hub, &nodes, x, owner, &manifest.digest).await;
     let metrics = nodes.metrics(x).await;
     assert!(
         metrics.contains("pullthrough_shared_state_total{kind=\"tag\",outcome=\"hit\"}"),
         "{metrics}"
     );
+}
+
+/// HEADs by tag through node `shared` (its pointer stale or missing, a fresh one in Redis)
+/// and through the tag's `owner` (its own pointer fresh) answer `digest` with no upstream
+/// request and no request from `shared` to a peer.
+async fn followed_as_known(hub: &Hub, nodes: &Nodes, shared: usize, owner: usize, digest: &str) {
+    let upstream = content_requests(hub);
+    let hops = peer_requests_out(&nodes.metrics(shared).await);
+    for i in [shared, owner] {
+        let answer = head_tag(&nodes.nodes[i]).await;
+        assert_eq!(answer, (200, digest.to_owned()), "node {i}");
+    }
+    let seen = hub.seen_by(REGISTRY);
+    assert_eq!(content_requests(hub), upstream, "{seen:?}");
+    let hops_now = peer_requests_out(&nodes.metrics(shared).await);
+    assert_eq!(hops_now, hops, "node {shared} asked a peer");
 }
 
 /// Requests this node sent to peers, whatever their outcome.

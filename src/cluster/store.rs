@@ -138,88 +138,74 @@ impl Store {
         METRICS.redis_up.set(1);
     }
 
-    /// The pointer some node stored for the tag pointer key `bin`, if any and well sealed.
-    pub async fn tag(&self, bin: &[u8; 16]) -> Option<TagPointer> {
+    /// The value some node sealed under `key`: `None` when Redis did not answer, `Some(None)`
+    /// when nothing well sealed is there. Counted as a hit or miss of `kind`.
+    async fn read_sealed(&self, kind: &'static str, key: &str) -> Option<Option<String>> {
         let conn = self.conn()?;
-        let key = tag_key(bin);
-        let sealed: Option<String> = self
-            .ask("tag lookup", conn, redis::cmd("GET").arg(&key))
-            .await?;
-        let pointer = sealed
+        let sealed: Option<String> = self.ask(kind, conn, redis::cmd("GET").arg(key)).await?;
+        let value = sealed
             .as_deref()
-            .and_then(|s| self.signer.unseal(&key, s))
-            .and_then(decode_pointer);
-        let outcome = if pointer.is_some() { "hit" } else { "miss" };
+            .and_then(|s| self.signer.unseal(key, s))
+            .map(str::to_owned);
+        let outcome = if value.is_some() { "hit" } else { "miss" };
         METRICS
             .shared_state
-            .with_label_values(&["tag", outcome])
+            .with_label_values(&[kind, outcome])
             .inc();
-        pointer
+        Some(value)
+    }
+
+    /// Seals `value` under `key` for `life`, counted as a publication of `kind`.
+    async fn write_sealed(&self, kind: &'static str, key: &str, value: &str, life: Duration) {
+        let Some(conn) = self.conn() else { return };
+        let sealed = self.signer.seal(key, value);
+        let ms = millis(life).max(1);
+        let set = redis::cmd("SET")
+            .arg(key)
+            .arg(sealed)
+            .arg("PX")
+            .arg(ms)
+            .clone();
+        let stored: Option<()> = self.ask(kind, conn, &set).await;
+        if stored.is_some() {
+            METRICS
+                .shared_state
+                .with_label_values(&[kind, "published"])
+                .inc();
+        }
+    }
+
+    /// The pointer some node stored for the tag pointer key `bin`, if any and well sealed.
+    pub async fn tag(&self, bin: &[u8; 16]) -> Option<TagPointer> {
+        let value = self.read_sealed("tag", &tag_key(bin)).await??;
+        decode_pointer(&value)
     }
 
     /// Shares a pointer just learned from the upstream, kept `keep` (the longest a node may
     /// still follow it).
     pub async fn publish_tag(&self, bin: &[u8; 16], pointer: &TagPointer, keep: Duration) {
-        let Some(conn) = self.conn() else { return };
-        let key = tag_key(bin);
-        let sealed = self.signer.seal(&key, &encode_pointer(pointer));
-        let ms = millis(keep).max(1);
-        let stored: Option<()> = self
-            .ask(
-                "tag publish",
-                conn,
-                redis::cmd("SET").arg(&key).arg(sealed).arg("PX").arg(ms),
-            )
+        self.write_sealed("tag", &tag_key(bin), &encode_pointer(pointer), keep)
             .await;
-        if stored.is_some() {
-            METRICS
-                .shared_state
-                .with_label_values(&["tag", "published"])
-                .inc();
-        }
     }
 
     /// A repository's public verdict as some node decided it, if current.
     pub async fn verdict(&self, route: &str, repo: &str) -> Option<bool> {
-        let conn = self.conn()?;
-        let key = verdict_key(route, repo);
-        let sealed: Option<String> = self
-            .ask("verdict lookup", conn, redis::cmd("GET").arg(&key))
-            .await?;
-        let verdict = match sealed.as_deref().and_then(|s| self.signer.unseal(&key, s)) {
-            Some("public") => Some(true),
-            Some("private") => Some(false),
+        match self
+            .read_sealed("verdict", &verdict_key(route, repo))
+            .await??
+            .as_str()
+        {
+            "public" => Some(true),
+            "private" => Some(false),
             _ => None,
-        };
-        let outcome = if verdict.is_some() { "hit" } else { "miss" };
-        METRICS
-            .shared_state
-            .with_label_values(&["verdict", outcome])
-            .inc();
-        verdict
+        }
     }
 
     /// Shares a verdict this node decided, for `life`.
     pub async fn publish_verdict(&self, route: &str, repo: &str, public: bool, life: Duration) {
-        let Some(conn) = self.conn() else { return };
-        let key = verdict_key(route, repo);
-        let sealed = self
-            .signer
-            .seal(&key, if public { "public" } else { "private" });
-        let ms = millis(life).max(1);
-        let stored: Option<()> = self
-            .ask(
-                "verdict publish",
-                conn,
-                redis::cmd("SET").arg(&key).arg(sealed).arg("PX").arg(ms),
-            )
+        let value = if public { "public" } else { "private" };
+        self.write_sealed("verdict", &verdict_key(route, repo), value, life)
             .await;
-        if stored.is_some() {
-            METRICS
-                .shared_state
-                .with_label_values(&["verdict", "published"])
-                .inc();
-        }
     }
 
     /// One heartbeat: announces this node, drops members long gone, reads the live ones,
