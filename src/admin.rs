@@ -1,5 +1,6 @@
 //! The admin listener (`admin.listen`): the status page at `/`, Prometheus `/metrics`,
-//! `/healthz`, and `/stats` as JSON. Kept off the public listeners so scrapes and health checks never mix with pulls.
+//! `/healthz`, and `/stats` as JSON. Kept off the public listeners so scrapes and health
+//! checks never mix with pulls.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

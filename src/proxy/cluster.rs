@@ -80,9 +80,7 @@ impl Mirror {
             return;
         };
         if let Owner::Peer(owner) = cluster.owner(key.as_bytes(), &ctx.failed_owners) {
-            let path = target.registry_path_and_query();
-            let sep = if path.contains('?') { '&' } else { '?' };
-            let path = format!("{path}{sep}ns={}", route.registry);
+            let path = owner_path(&target.registry_path_and_query(), &route.registry);
             ctx.hop = Some(peer_hop(owner, path));
             ctx.owner = Some(owner);
         }
@@ -142,14 +140,30 @@ fn owner_key(path: Option<&V2Path>) -> Option<String> {
     }
 }
 
+/// A request's path as its owner is asked it: in the upstream's names, the route named by
+/// `?ns=` (so it reaches the same route whatever Host, prefix or `ns` the client used).
+pub(super) fn owner_path(path_and_query: &str, registry: &str) -> String {
+    let sep = if path_and_query.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    format!("{path_and_query}{sep}ns={registry}")
+}
+
+/// A member's peer listener.
+pub(super) fn peer_origin(owner: SocketAddr) -> Origin {
+    Origin {
+        tls: false,
+        host: owner.ip().to_string(),
+        port: owner.port(),
+    }
+}
+
 /// A request to the owner's peer listener (the client's Host and credentials go with it).
 fn peer_hop(owner: SocketAddr, path_and_query: String) -> Hop {
     Hop {
-        origin: Origin {
-            tls: false,
-            host: owner.ip().to_string(),
-            port: owner.port(),
-        },
+        origin: peer_origin(owner),
         path_and_query,
         send_authorization: true,
         kind: HopKind::Peer,

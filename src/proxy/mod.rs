@@ -536,10 +536,10 @@ impl ProxyHttp for Mirror {
         }
         let mut peer = HttpPeer::new(addr, origin.tls, origin.sni().to_owned());
         let u = &self.shared.upstream;
-        // A member is next door: one that does not answer within the health check's own
-        // bound is passed over for the next one on the ring (`fail_to_connect`).
-        // It answers within `cluster.peer_timeout`, or is passed over while nothing of its
-        // answer has arrived (`error_while_proxy`: a pooled connection into a partition).
+        // A member is next door: one that does not take the connection within the health
+        // check's own bound (`fail_to_connect`), or sends nothing of its answer within
+        // `cluster.peer_timeout` (`error_while_proxy`: a pooled connection into a
+        // partition), is passed over for the next one on the ring.
         let (connect_timeout, read_timeout) = match (hop.kind, self.shared.cluster.as_ref()) {
             (HopKind::Peer, Some(cluster)) => (
                 u.connect_timeout.min(crate::cluster::PEER_CONNECT_TIMEOUT),
@@ -754,17 +754,13 @@ impl ProxyHttp for Mirror {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let req = session.req_header();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let error = match (e, &ctx.failure) {
-            (_, Some(f)) => format!(" error={:?}", f.message),
-            (Some(e), None) => format!(" error={:?}", e.etype().as_str()),
-            _ => String::new(),
-        };
-        record_metrics(ctx, status, session.body_bytes_sent());
         let failure = match (e, &ctx.failure) {
             (_, Some(f)) => Some(f.message.as_str()),
             (Some(e), None) => Some(e.etype().as_str()),
             _ => None,
         };
+        let error = failure.map_or(String::new(), |f| format!(" error={f:?}"));
+        record_metrics(ctx, status, session.body_bytes_sent());
         self.shared.activity.record(&crate::activity::Finished {
             route: ctx.route_name(),
             repository: ctx

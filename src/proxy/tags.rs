@@ -352,12 +352,7 @@ impl Mirror {
     ) -> Option<PointerCheck> {
         let s = &self.shared;
         let cluster = s.cluster.as_ref()?;
-        let sep = if path_and_query.contains('?') {
-            '&'
-        } else {
-            '?'
-        };
-        let path = format!("{path_and_query}{sep}ns={}", route.registry);
+        let path = super::cluster::owner_path(path_and_query, &route.registry);
         let signed = cluster.signer.sign(
             "HEAD",
             &path,
@@ -375,11 +370,7 @@ impl Mirror {
             .connect_timeout
             .min(crate::cluster::PEER_CONNECT_TIMEOUT);
         timeouts.read_timeout = cluster.peer_timeout;
-        let origin = crate::upstream::Origin {
-            tls: false,
-            host: owner.ip().to_string(),
-            port: owner.port(),
-        };
+        let origin = super::cluster::peer_origin(owner);
         let answer = s
             .side
             .head(&s.resolver, &timeouts, &origin, &path, &headers)
