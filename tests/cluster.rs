@@ -165,12 +165,25 @@ fn blob_fetches(hub: &Hub, digest: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn thirty_clients_over_three_nodes_on_one_cold_blob_cause_one_upstream_fetch() {
+    thirty_clients_on_one_cold_blob(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_redis_thirty_clients_over_three_nodes_on_one_cold_blob_cause_one_upstream_fetch() {
+    let Some(redis) = Redis::start() else { return };
+    thirty_clients_on_one_cold_blob(Some(&redis)).await;
+}
+
+/// 30 clients spread over three nodes (static peers, or each listing only itself and
+/// finding the others through `redis`) on one cold blob held back upstream until every
+/// client waits on it.
+async fn thirty_clients_on_one_cold_blob(redis: Option<&Redis>) {
     let hub = Hub::start().await;
     let layer = noise(8 << 20, 61);
     let blob = hub.add_blob(layer.clone());
     hub.add_manifest("library/app", "v1", &blob);
     let gate = hub.gate(&blob);
-    let nodes = Nodes::start(&hub, 3, "").await;
+    let nodes = Nodes::start_with(&hub, 3, "", redis).await;
     let c = common::client(&[], nodes.nodes[0].addr());
     let tok = hub::pull_token(&c, &nodes.nodes[0], "library/app", None).await;
     let mut pulls = Vec::new();
