@@ -15,35 +15,14 @@ ROUNDS=${ROUNDS:-3}; SECS=${SECS:-5}
 W=$(mktemp -d /tmp/pullthrough-hitcpu.XXXXXX)
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_url() { for _ in $(seq 1 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1" >&2; exit 1; }
-UP=$(free_port)
-cat > "$W/up.yml" <<YML
-version: 0.1
-log: { level: error }
-storage: { filesystem: { rootdirectory: $W/up } }
-http: { addr: 127.0.0.1:$UP }
-YML
-env -u AWS_CA_BUNDLE docker-registry serve "$W/up.yml" >"$W/up.log" 2>&1 & PIDS+=($!)
-wait_url "http://127.0.0.1:$UP/v2/"
-upload() {
-  local d="sha256:$(sha256sum "$1" | cut -d' ' -f1)" loc
-  loc=$(curl -sf -X POST -D - -o /dev/null "http://127.0.0.1:$UP/v2/bench/app/blobs/uploads/" | tr -d '\r' | awk -F': ' 'tolower($1)=="location"{print $2}')
-  case "$loc" in http*) ;; *) loc="http://127.0.0.1:$UP$loc" ;; esac
-  local sep='?'; case "$loc" in *\?*) sep='&' ;; esac
-  curl -sf -X PUT -H 'Content-Type: application/octet-stream' -T "$1" "$loc${sep}digest=$d" -o /dev/null
-  echo "$d"
-}
+BINS=(); for bin in "$@"; do BINS+=("$(realpath "$bin")"); done
+cd "$(dirname "$0")/.."
+. benches/lib.sh
+start_registry "$W/up" "$(free_port)"; PIDS+=("$REGISTRY_PID")
 head -c 1000 /dev/urandom > "$W/layer"
-printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}' > "$W/config"
-LAYER=$(upload "$W/layer"); CONFIG=$(upload "$W/config")
-MT=application/vnd.oci.image.manifest.v1+json
-printf '{"schemaVersion":2,"mediaType":"%s","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"%s","size":1000}]}' \
-  "$MT" "$CONFIG" "$(stat -c %s "$W/config")" "$LAYER" > "$W/manifest"
-curl -sf -X PUT -H "Content-Type: $MT" --data-binary @"$W/manifest" "http://127.0.0.1:$UP/v2/bench/app/manifests/v1" -o /dev/null
-MAN="sha256:$(sha256sum "$W/manifest" | cut -d' ' -f1)"
+{ read -r _; read -r MAN; } < <(push_image "$W/layer" "$W")
 median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
-for bin in "$@"; do
+for bin in "${BINS[@]}"; do
   PT=$(free_port); rm -rf "$W/cache"
   cat > "$W/pt.yaml" <<YML
 pingora: { threads: 2, pid_file: $W/pt.pid, upgrade_sock: $W/pt.sock }
@@ -53,7 +32,7 @@ routes: { local: { upstream: "http://127.0.0.1:$UP" } }
 cache: { dir: $W/cache, tag_ttl: 1h }
 YML
   RUST_LOG=warn "$bin" -c "$W/pt.yaml" >"$W/pt.log" 2>&1 & pid=$!
-  wait_url "http://127.0.0.1:$PT/v2/"
+  wait_port "$PT"
   for u in "manifests/$MAN" manifests/v1; do
     for _ in 1 2; do curl -sf -H "Accept: $MT" -o /dev/null "http://127.0.0.1:$PT/v2/bench/app/$u"; done
   done

@@ -49,39 +49,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
-  || shuf -i 20000-60000 -n 1; }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing listens on $1" >&2; exit 1; }
+. benches/lib.sh
 
-UP=$(free_port); FRONT=$(free_port); PT=$(free_port); NG=$(free_port); DP=$(free_port); IP=$(free_port)
+FRONT=$(free_port); PT=$(free_port); NG=$(free_port); DP=$(free_port); IP=$(free_port)
 
 # The upstream: docker-registry with a blob, a config and a manifest.
-cat > "$WORK/upstream.yml" <<YML
-version: 0.1
-log: { level: error }
-storage: { filesystem: { rootdirectory: $WORK/upstream } }
-http: { addr: 127.0.0.1:$UP }
-YML
-env -u AWS_CA_BUNDLE docker-registry serve "$WORK/upstream.yml" >"$WORK/upstream.log" 2>&1 & PIDS+=($!)
-wait_port "$UP"
-
-upload() { # file [repository] -> digest
-  local digest="sha256:$(sha256sum "$1" | cut -d' ' -f1)"
-  local loc
-  loc=$(curl -sf -X POST -D - -o /dev/null "http://127.0.0.1:$UP/v2/${2:-bench/app}/blobs/uploads/" | tr -d '\r' | awk -F': ' 'tolower($1)=="location"{print $2}')
-  case "$loc" in http*) ;; *) loc="http://127.0.0.1:$UP$loc" ;; esac
-  local sep='?'; case "$loc" in *\?*) sep='&' ;; esac
-  curl -sf -X PUT -H 'Content-Type: application/octet-stream' -T "$1" "$loc${sep}digest=$digest" -o /dev/null
-  echo "$digest"
-}
+start_registry "$WORK/upstream" "$(free_port)"; PIDS+=("$REGISTRY_PID")
 head -c $((BIG_MIB << 20)) /dev/urandom > "$WORK/big.bin"
-printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}' > "$WORK/config.json"
-BIG=$(upload "$WORK/big.bin"); CFG=$(upload "$WORK/config.json")
-MT=application/vnd.oci.image.manifest.v1+json
-printf '{"schemaVersion":2,"mediaType":"%s","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"%s","size":%d}]}' \
-  "$MT" "$CFG" "$(stat -c %s "$WORK/config.json")" "$BIG" "$(stat -c %s "$WORK/big.bin")" > "$WORK/manifest.json"
-curl -sf -X PUT -H "Content-Type: $MT" --data-binary @"$WORK/manifest.json" "http://127.0.0.1:$UP/v2/bench/app/manifests/v1" -o /dev/null
-MAN="sha256:$(sha256sum "$WORK/manifest.json" | cut -d' ' -f1)"
+{ read -r BIG; read -r MAN; } < <(push_image "$WORK/big.bin" "$WORK")
 # Cold blobs for (c) and (d): one for the single client, one for the crowd, each mirror cold on
 # both (every mirror has its own cache).
 head -c $((COLD_MIB << 20)) /dev/urandom > "$WORK/cold1.bin"; COLD1=$(upload "$WORK/cold1.bin" bench/cold)
@@ -175,13 +150,19 @@ done
 
 # (c) and (d): clients at once on a cold blob.
 fetches() { grep -c "^GET /v2/.*/blobs/$1 " "$WORK/upstream-access.log" || true; }
-crowd() { # url clients -> "failed total_s ttfb_median_s ttfb_max_s"; every client must get every byte
-  local url=$1 n=$2 size=$3 t0 t1
+crowd() { # url clients size -> "failed total_s ttfb_median_s ttfb_max_s"; every client must get every byte
+  local n=$2
+  for _ in $(seq 1 "$n"); do echo "$1"; done > "$WORK/crowd.urls"
+  crowd_of "$WORK/crowd.urls" "$3"
+}
+crowd_of() { # url-list size -> as crowd: one client per line of url-list, all at once
+  local n t0 t1
+  n=$(wc -l < "$1")
   t0=$(date +%s.%N)
-  seq 1 "$n" | xargs -P "$n" -I{} curl -s -o /dev/null --max-time 600 \
-    -w '%{http_code} %{size_download} %{time_starttransfer} %{time_total}\n' "$url" > "$WORK/crowd.out"
+  xargs -P "$n" -I{} curl -s -o /dev/null --max-time 600 \
+    -w '%{http_code} %{size_download} %{time_starttransfer} %{time_total}\n' {} < "$1" > "$WORK/crowd.out"
   t1=$(date +%s.%N)
-  sort -k3 -g "$WORK/crowd.out" | awk -v n="$n" -v size="$size" -v t0="$t0" -v t1="$t1" '
+  sort -k3 -g "$WORK/crowd.out" | awk -v n="$n" -v size="$2" -v t0="$t0" -v t1="$t1" '
     { if ($1 != 200 || $2 != size) bad++; ttfb[NR] = $3 }
     END { if (NR < n) bad += n - NR; printf "%d %.3f %.3f %.3f\n", bad, t1 - t0, ttfb[int((NR + 1) / 2)], ttfb[NR] }'
 }
@@ -263,16 +244,10 @@ for a in "${CL_ADMIN[@]}"; do
     [ "$(curl -sf "http://127.0.0.1:$a/stats" | grep -c '"live": true')" = 3 ] && break; sleep 0.1
   done
 done
-trio_crowd() { # setup blob -> "failed total_s ttfb_median_s ttfb_max_s"; client i asks node i % 3
-  local ports=(${TRIO_PORTS[$1]}) t0 t1 size=$((COLD_MIB << 20))
+trio_crowd() { # setup blob -> as crowd; client i asks node i % 3
+  local ports=(${TRIO_PORTS[$1]})
   for i in $(seq 0 $((CLIENTS - 1))); do echo "http://127.0.0.1:${ports[$((i % 3))]}/v2/bench/cold/blobs/$2"; done > "$WORK/trio.urls"
-  t0=$(date +%s.%N)
-  xargs -P "$CLIENTS" -I{} curl -s -o /dev/null --max-time 600 \
-    -w '%{http_code} %{size_download} %{time_starttransfer} %{time_total}\n' {} < "$WORK/trio.urls" > "$WORK/crowd.out"
-  t1=$(date +%s.%N)
-  sort -k3 -g "$WORK/crowd.out" | awk -v n="$CLIENTS" -v size="$size" -v t0="$t0" -v t1="$t1" '
-    { if ($1 != 200 || $2 != size) bad++; ttfb[NR] = $3 }
-    END { if (NR < n) bad += n - NR; printf "%d %.3f %.3f %.3f\n", bad, t1 - t0, ttfb[int((NR + 1) / 2)], ttfb[NR] }'
+  crowd_of "$WORK/trio.urls" $((COLD_MIB << 20))
 }
 declare -A TRIO_F TRIO_T TRIO_TTFB TRIO_TTFB_MAX TRIO_BAD
 for setup in cluster independent distribution; do

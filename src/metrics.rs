@@ -242,10 +242,10 @@ pub struct RouteTraffic {
 }
 
 impl Metrics {
-    /// Requests per route, from `pullthrough_requests_total`.
-    pub fn traffic_by_route(&self) -> std::collections::BTreeMap<String, RouteTraffic> {
+    /// Every series of `pullthrough_requests_total`: its route, status class and cache
+    /// result labels, and its count.
+    fn each_request_series(&self, mut each: impl FnMut(&str, &str, &str, u64)) {
         use prometheus::core::Collector;
-        let mut by_route = std::collections::BTreeMap::<String, RouteTraffic>::new();
         for family in self.requests.collect() {
             for m in family.get_metric() {
                 let label = |name: &str| {
@@ -255,39 +255,40 @@ impl Metrics {
                         .map_or("", |l| l.value())
                 };
                 let n = m.get_counter().value() as u64;
-                let t = by_route.entry(label("route").to_owned()).or_default();
-                t.requests += n;
-                if matches!(label("cache"), "hit" | "stale" | "revalidated") {
-                    t.from_cache += n;
-                }
-                if label("status") == "5xx" {
-                    t.errors += n;
-                }
-                if label("cache") == "stale" {
-                    t.stale += n;
-                }
+                each(label("route"), label("status"), label("cache"), n);
             }
         }
+    }
+
+    /// Requests per route, from `pullthrough_requests_total`.
+    pub fn traffic_by_route(&self) -> std::collections::BTreeMap<String, RouteTraffic> {
+        let mut by_route = std::collections::BTreeMap::<String, RouteTraffic>::new();
+        self.each_request_series(|route, status, cache, n| {
+            let t = by_route.entry(route.to_owned()).or_default();
+            t.requests += n;
+            if matches!(cache, "hit" | "stale" | "revalidated") {
+                t.from_cache += n;
+            }
+            if status == "5xx" {
+                t.errors += n;
+            }
+            if cache == "stale" {
+                t.stale += n;
+            }
+        });
         by_route
     }
 
     /// This node's lifetime counts added to the cluster's totals (`cluster::store`):
     /// requests, cache hits, and body bytes served by source.
     pub fn totals(&self) -> [(&'static str, u64); 5] {
-        use prometheus::core::Collector;
         let (mut requests, mut hits) = (0, 0);
-        for family in self.requests.collect() {
-            for m in family.get_metric() {
-                let n = m.get_counter().value() as u64;
-                requests += n;
-                if m.get_label()
-                    .iter()
-                    .any(|l| l.name() == "cache" && l.value() == "hit")
-                {
-                    hits += n;
-                }
+        self.each_request_series(|_, _, cache, n| {
+            requests += n;
+            if cache == "hit" {
+                hits += n;
             }
-        }
+        });
         let bytes = |source: &str| self.bytes_served.with_label_values(&[source]).get();
         [
             ("requests", requests),

@@ -293,7 +293,7 @@ async fn an_image_pulled_through_each_node_in_turn_costs_one_upstream_get_per_ma
 async fn a_killed_nodes_share_moves_to_the_others_and_pulls_keep_working() {
     let hub = Hub::start().await;
     let mut nodes = Nodes::start(&hub, 3, "").await;
-    let layers: Vec<(String, Vec<u8>)> = (0..24)
+    let layers: Vec<hub::Blob> = (0..24)
         .map(|i| {
             let data = noise(64 << 10, 100 + i);
             (hub.add_blob(data.clone()), data)
@@ -314,19 +314,10 @@ async fn a_killed_nodes_share_moves_to_the_others_and_pulls_keep_working() {
         if node == 1 {
             nodes.wait_live(1, 2).await;
         }
-        for (digest, data) in &layers {
-            let (status, body) = get_blob(&c, &nodes.nodes[node], digest, &tok).await;
-            assert_eq!(status, 200, "node {node}, {digest}");
-            assert!(body == *data, "node {node} served wrong bytes for {digest}");
-        }
+        let name = format!("node {node}");
+        hub::pull_blobs(&c, &nodes.nodes[node], &tok, &layers, &name).await;
     }
-    for (digest, _) in &layers {
-        assert_eq!(
-            blob_fetches(&hub, digest),
-            1,
-            "{digest} fetched more than once"
-        );
-    }
+    hub::fetched_once(&hub, &layers);
     let stats = nodes.stats(0).await;
     let members = stats["cluster"]["members"].as_array().unwrap();
     assert_eq!(members.len(), 3);
@@ -585,7 +576,7 @@ async fn with_redis_killed_pulls_keep_working_and_the_nodes_recover_when_it_retu
         return;
     };
     let hub = Hub::start().await;
-    let layers: Vec<(String, Vec<u8>)> = (0..6)
+    let layers: Vec<hub::Blob> = (0..6)
         .map(|i| {
             let data = noise(128 << 10, 200 + i);
             (hub.add_blob(data.clone()), data)
@@ -610,19 +601,9 @@ async fn with_redis_killed_pulls_keep_working_and_the_nodes_recover_when_it_retu
         );
         let c = common::client(&[], node.addr());
         let tok = hub::pull_token(&c, node, "library/app", None).await;
-        for (digest, data) in &layers {
-            let (status, body) = get_blob(&c, node, digest, &tok).await;
-            assert_eq!(status, 200, "node {i}, {digest}");
-            assert!(body == *data, "node {i} served wrong bytes for {digest}");
-        }
+        hub::pull_blobs(&c, node, &tok, &layers, &format!("node {i}")).await;
     }
-    for (digest, _) in &layers {
-        assert_eq!(
-            blob_fetches(&hub, digest),
-            1,
-            "{digest} fetched more than once"
-        );
-    }
+    hub::fetched_once(&hub, &layers);
     let metrics = nodes.metrics(0).await;
     assert!(metrics.contains("pullthrough_redis_up 0"), "{metrics}");
     assert!(

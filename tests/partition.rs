@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::hub::{self, Hub, REGISTRY};
+use common::hub::{self, Hub};
 use common::redis::Redis;
 use common::registry::noise;
 use common::{free_port, skip, Mirror};
@@ -170,13 +170,7 @@ impl Node {
 }
 
 /// Blobs added to the hub until `owned` of them are owned by `by` and `owned` by others.
-fn blobs(
-    hub: &Hub,
-    ring: &Cluster,
-    by: SocketAddr,
-    owned: usize,
-    seed: u64,
-) -> Vec<(String, Vec<u8>)> {
+fn blobs(hub: &Hub, ring: &Cluster, by: SocketAddr, owned: usize, seed: u64) -> Vec<hub::Blob> {
     let (mut mine, mut others) = (Vec::new(), Vec::new());
     for i in 0..500 {
         if mine.len() == owned && others.len() == owned {
@@ -196,40 +190,20 @@ fn blobs(
     mine.into_iter().chain(others).collect()
 }
 
-async fn pull_all(node: &Mirror, blobs: &[(String, Vec<u8>)]) {
+async fn pull_all(node: &Mirror, blobs: &[hub::Blob]) {
     let c = common::client(&[], node.addr());
     let tok = hub::pull_token(&c, node, "library/app", None).await;
-    for (digest, data) in blobs {
-        let r = c
-            .get(node.url(&format!("/v2/library/app/blobs/{digest}")))
-            .bearer_auth(&tok)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        assert_eq!(status, 200, "{digest}:\n{}", node.log());
-        assert!(
-            r.bytes().await.unwrap() == *data,
-            "wrong bytes for {digest}"
-        );
-    }
-}
-
-fn fetched_once(hub: &Hub, blobs: &[(String, Vec<u8>)]) {
-    for (digest, _) in blobs {
-        let gets = hub.count_method(REGISTRY, "GET", &format!("/blobs/{digest}"));
-        assert_eq!(gets, 1, "{digest} fetched {gets} times");
-    }
+    hub::pull_blobs(&c, node, &tok, blobs, "node c").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_cut_off_from_redis_and_one_peer_keeps_serving_and_rejoins() {
     let Some(net) = Net::create() else { return };
     let hub = Hub::start_on(MAIN.host_ip.into()).await;
-    let Some(_redis) = Redis::start_on(TO_REDIS.host_ip.into()) else {
+    let Some(redis) = Redis::start_on(TO_REDIS.host_ip.into()) else {
         return;
     };
-    let redis_url = format!("redis://{}:{}/0", dotted(TO_REDIS.host_ip), _redis.port);
+    let redis_url = redis.url();
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("secret");
     std::fs::write(&secret_file, SECRET).unwrap();
@@ -309,7 +283,7 @@ async fn a_node_cut_off_from_redis_and_one_peer_keeps_serving_and_rejoins() {
     let later = blobs(&hub, &ring, b_peer, 3, 3000);
     pull_all(&c.mirror, &later).await;
     for set in [&before, &during, &later] {
-        fetched_once(&hub, set);
+        hub::fetched_once(&hub, set);
     }
 
     net.heal(&TO_REDIS);
@@ -319,7 +293,7 @@ async fn a_node_cut_off_from_redis_and_one_peer_keeps_serving_and_rejoins() {
     let accepted = nodes[1].accepted_from_peers().await;
     let after = blobs(&hub, &ring, b_peer, 3, 4000);
     pull_all(&c.mirror, &after).await;
-    fetched_once(&hub, &after);
+    hub::fetched_once(&hub, &after);
     assert_eq!(nodes[1].accepted_from_peers().await, accepted + 3);
     let log = c.mirror.log();
     assert!(log.contains("redis unreachable"), "{log}");

@@ -102,22 +102,32 @@ impl Store {
         self.conn.get().filter(|_| self.is_up()).cloned()
     }
 
-    /// Runs one command or pipeline within `WAIT`, noting a failure.
+    /// One command within `WAIT`, noting a failure.
     async fn ask<T: redis::FromRedisValue>(
         &self,
         what: &str,
         mut conn: ConnectionManager,
         command: &redis::Cmd,
     ) -> Option<T> {
-        let outcome = tokio::time::timeout(WAIT, command.query_async(&mut conn)).await;
-        match outcome {
+        self.within(what, WAIT, command.query_async(&mut conn))
+            .await
+    }
+
+    /// Redis's answer if it comes within `bound`; else the store is marked down.
+    async fn within<T>(
+        &self,
+        what: &str,
+        bound: Duration,
+        answer: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        match tokio::time::timeout(bound, answer).await {
             Ok(Ok(value)) => Some(value),
             Ok(Err(e)) => {
                 self.mark_down(&format!("{what}: {e}"));
                 None
             }
             Err(_) => {
-                self.mark_down(&format!("{what}: no answer within {WAIT:?}"));
+                self.mark_down(&format!("{what}: no answer within {bound:?}"));
                 None
             }
         }
@@ -212,7 +222,7 @@ impl Store {
     /// adds this node's new counts to the totals and reads them back. Marks the store up or
     /// down by the answer.
     pub async fn beat(&self) {
-        let Some(conn) = self.conn.get().cloned() else {
+        let Some(mut conn) = self.conn.get().cloned() else {
             return;
         };
         let now = millis(
@@ -252,15 +262,13 @@ impl Store {
                 .ignore();
         }
         pipe.cmd("HGETALL").arg(TOTALS);
-        let answer: Option<(Vec<String>, HashMap<String, u64>)> = tokio::time::timeout(
-            WAIT.max(HEARTBEAT_EVERY / 2),
-            pipe.query_async(&mut conn.clone()),
-        )
-        .await
-        .map_err(|_| "no answer".to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-        .map_err(|e| self.mark_down(&format!("heartbeat: {e}")))
-        .ok();
+        let answer: Option<(Vec<String>, HashMap<String, u64>)> = self
+            .within(
+                "heartbeat",
+                WAIT.max(HEARTBEAT_EVERY / 2),
+                pipe.query_async(&mut conn),
+            )
+            .await;
         let Some((members, totals)) = answer else {
             return;
         };

@@ -683,3 +683,37 @@ pub fn grants(token: &str) -> &str {
 pub fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
+
+/// A blob's digest and bytes.
+pub type Blob = (String, Vec<u8>);
+
+/// GETs each blob of `library/app` through `mirror` with `tok`: every answer 200 with the
+/// blob's exact bytes (`node` names the mirror in a failure).
+pub async fn pull_blobs(
+    c: &reqwest::Client,
+    mirror: &super::Mirror,
+    tok: &str,
+    blobs: &[Blob],
+    node: &str,
+) {
+    for (digest, data) in blobs {
+        let r = c
+            .get(mirror.url(&format!("/v2/library/app/blobs/{digest}")))
+            .bearer_auth(tok)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        assert_eq!(status, 200, "{node}, {digest}:\n{}", mirror.log());
+        let body = r.bytes().await.unwrap();
+        assert!(body == *data, "{node} served wrong bytes for {digest}");
+    }
+}
+
+/// Asserts the registry was asked for each blob exactly once.
+pub fn fetched_once(hub: &Hub, blobs: &[Blob]) {
+    for (digest, _) in blobs {
+        let gets = hub.count_method(REGISTRY, "GET", &format!("/blobs/{digest}"));
+        assert_eq!(gets, 1, "{digest} fetched {gets} times");
+    }
+}
