@@ -7,10 +7,13 @@
 //! - [`upstream`]: upstream origins and name resolution.
 //! - [`proxy`]: the Pingora `ProxyHttp` implementation.
 //! - [`server`]: the Pingora server built from a config.
+//! - [`admin`]: the admin listener: status page, metrics, the operators' API (prefetch,
+//!   cache listing and purge); [`cli`]: the commands that call it.
 
 pub mod activity;
 pub mod admin;
 pub mod cache;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod guard;

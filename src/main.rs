@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use pingora::prelude::Opt;
 
 fn main() -> ExitCode {
+    if pullthrough::cli::is_command(std::env::args().nth(1).as_deref()) {
+        return pullthrough::cli::run(std::env::args());
+    }
     let mut args = std::env::args().skip(1);
     if args.next().as_deref() == Some("healthcheck") {
         let url = args

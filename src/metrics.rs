@@ -52,6 +52,14 @@ pub struct Metrics {
     /// Shared-state lookups and publications in Redis, by kind (`tag`, `verdict`) and outcome
     /// (`hit`, `miss`, `published`).
     pub shared_state: IntCounterVec,
+    /// Images prefetched (`pullthrough prefetch`, `prefetch:` in the config), by outcome:
+    /// `fetched` (something came from upstream), `cached` (all was here) or `failed`.
+    pub prefetch_images: IntCounterVec,
+    /// Body bytes prefetch brought into the cache.
+    pub prefetch_bytes: IntCounter,
+    /// Scheduled warming runs (`prefetch.every`), by outcome: `ok` or `failed` (an image
+    /// failed).
+    pub prefetch_runs: IntCounterVec,
 }
 
 /// The metrics, registered once on first use.
@@ -172,6 +180,23 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
         "pullthrough_shared_state_total",
         "Shared-state lookups and publications in Redis, by kind and outcome",
         &["kind", "outcome"]
+    )
+    .expect("metric registers once"),
+    prefetch_images: register_int_counter_vec!(
+        "pullthrough_prefetch_images_total",
+        "Images prefetched, by outcome (fetched, cached, failed)",
+        &["outcome"]
+    )
+    .expect("metric registers once"),
+    prefetch_bytes: register_int_counter!(
+        "pullthrough_prefetch_bytes_total",
+        "Body bytes prefetch brought into the cache"
+    )
+    .expect("metric registers once"),
+    prefetch_runs: register_int_counter_vec!(
+        "pullthrough_prefetch_runs_total",
+        "Scheduled warming runs, by outcome (ok, failed)",
+        &["outcome"]
     )
     .expect("metric registers once"),
     send_timeouts: register_int_counter!(

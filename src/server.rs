@@ -15,6 +15,7 @@ use pingora::prelude::*;
 use pingora::protocols::http::v2::server::default_h2_options;
 use pingora::proxy::http_proxy;
 
+use crate::admin::prefetch::{Prefetcher, Warmer};
 use crate::admin::AdminApp;
 use crate::cache::Cache;
 use crate::config::Config;
@@ -52,6 +53,7 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
         trusted_proxies,
         tls,
         cluster: cluster_config,
+        prefetch,
     } = config;
     let cache = Cache::open(&cache_config)
         .map_err(|e| BuildError::Cache(cache_config.dir.display().to_string(), e))?;
@@ -114,8 +116,21 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
         tag_checks: Default::default(),
         cluster,
     });
+    // Prefetch pulls through the first plain listener, as a client would.
+    let prefetcher = listen
+        .first()
+        .map(|addr| Arc::new(Prefetcher::new(*addr, shared.clone())));
+    if let Some(schedule) = prefetch {
+        if let Some(first) = listen.first() {
+            let warmer = Warmer {
+                prefetcher: Prefetcher::new(*first, shared.clone()),
+                schedule,
+            };
+            server.add_service(background_service("prefetch", warmer));
+        }
+    }
     if let Some(addr) = admin_listen {
-        let app = pingora::apps::http_app::HttpServer::new_app(AdminApp::new(shared.clone()));
+        let app = AdminApp::new(shared.clone(), prefetcher);
         let mut admin = pingora::services::listening::Service::new("pullthrough admin".into(), app);
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);

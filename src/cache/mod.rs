@@ -6,6 +6,7 @@ pub mod access;
 pub mod admission;
 pub mod disk;
 mod hot;
+pub mod inventory;
 pub mod key;
 pub mod pointer;
 pub mod policy;

@@ -63,8 +63,11 @@ impl TagPointer {
         self.learned.elapsed().unwrap_or_default()
     }
 
-    fn meta(&self, fresh_for: Duration) -> Option<CacheMeta> {
-        let mut header = ResponseHeader::build(200, Some(3)).ok()?;
+    fn meta(&self, fresh_for: Duration, label: &str) -> Option<CacheMeta> {
+        let mut header = ResponseHeader::build(200, Some(4)).ok()?;
+        header
+            .insert_header(super::inventory::SOURCE_HEADER, label)
+            .ok()?;
         header.insert_header(DIGEST, self.digest.to_string()).ok()?;
         if let Some(t) = &self.media_type {
             header.insert_header(MEDIA_TYPE, t.clone()).ok()?;
@@ -84,7 +87,7 @@ impl TagPointer {
         ))
     }
 
-    fn from_meta(meta: &CacheMeta) -> Option<TagPointer> {
+    pub(super) fn from_meta(meta: &CacheMeta) -> Option<TagPointer> {
         let headers = meta.headers();
         Some(TagPointer {
             digest: headers.get(DIGEST)?.to_str().ok()?.parse().ok()?,
@@ -129,6 +132,13 @@ pub struct PointerMemo(quick_cache::sync::Cache<[u8; 16], Arc<TagPointer>>);
 /// Pointers the memo holds at most.
 const MEMO_CAPACITY: usize = 100_000;
 
+impl PointerMemo {
+    /// Forgets every pointer (a purge): the next lookup reads the disk's record, if any.
+    pub fn forget_all(&self) {
+        self.0.clear();
+    }
+}
+
 impl Default for PointerMemo {
     fn default() -> Self {
         PointerMemo(quick_cache::sync::Cache::new(MEMO_CAPACITY))
@@ -146,10 +156,11 @@ impl Cache {
         Some(pointer)
     }
 
-    /// Stores a pointer under `key` (replacing the one there). Its body repeats the digest,
-    /// never read: the headers say it all.
-    pub async fn write_pointer(&self, key: &CacheKey, pointer: &TagPointer) {
-        let Some(meta) = pointer.meta(self.ttl.tag_ttl) else {
+    /// Stores a pointer under `key` (replacing the one there), labelled as `label` (the
+    /// tag's `Label::of_pointer`). Its body repeats the digest, never read: the headers say
+    /// it all.
+    pub async fn write_pointer(&self, key: &CacheKey, pointer: &TagPointer, label: &str) {
+        let Some(meta) = pointer.meta(self.ttl.tag_ttl, label) else {
             return;
         };
         let body = Bytes::from(pointer.digest.to_string());

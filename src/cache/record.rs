@@ -16,7 +16,7 @@ use pingora::http::ResponseHeader;
 use super::Cache;
 
 /// The header of a verdict record: `public` or `private`.
-const VERDICT: &str = "x-pullthrough-verdict";
+pub(super) const VERDICT: &str = "x-pullthrough-verdict";
 
 impl Cache {
     /// A repository's last verdict kept on disk (`key::verdict_key`) and how old it is: the
@@ -29,12 +29,17 @@ impl Cache {
     }
 
     /// Keeps a repository's verdict on disk, replacing the last one.
-    pub async fn write_verdict(&self, key: &CacheKey, public: bool) {
+    pub async fn write_verdict(&self, key: &CacheKey, repository: &str, public: bool) {
         let word = if public { "public" } else { "private" };
-        let Ok(mut header) = ResponseHeader::build(200, Some(1)) else {
+        let Ok(mut header) = ResponseHeader::build(200, Some(2)) else {
             return;
         };
-        if header.insert_header(VERDICT, word).is_err() {
+        let label = super::inventory::Label::of_verdict(repository).to_string();
+        if header.insert_header(VERDICT, word).is_err()
+            || header
+                .insert_header(super::inventory::SOURCE_HEADER, label)
+                .is_err()
+        {
             return;
         }
         let now = SystemTime::now();

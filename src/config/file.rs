@@ -49,6 +49,22 @@ pub struct FileConfig {
     pub public_scheme: Option<String>,
     /// Several nodes acting as one cache.
     pub cluster: Option<ClusterFile>,
+    /// Images warmed at start and on a schedule.
+    pub prefetch: Option<PrefetchFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PrefetchFile {
+    /// `REGISTRY/REPOSITORY[:TAG|@DIGEST]`, Docker Hub short names allowed.
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// `os/arch[/variant]`; every platform when empty.
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// Warm again this often (tags re-resolved); only at start when absent.
+    pub every: Option<String>,
+    /// Blobs fetched at once.
+    pub concurrency: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

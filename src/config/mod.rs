@@ -107,6 +107,8 @@ pub struct Config {
     pub trusted_proxies: TrustedProxies,
     pub tls: Option<TlsConfig>,
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Images warmed at start and on a schedule (`prefetch:`).
+    pub prefetch: Option<crate::admin::prefetch::Schedule>,
 }
 
 /// HTTPS listeners with their certificates, loaded and checked.
@@ -483,7 +485,14 @@ impl Config {
             }
         }
 
+        let prefetch = file
+            .prefetch
+            .as_ref()
+            .map(|p| prefetch_schedule(p, &routes, &listen))
+            .transpose()?;
+
         Ok(Config {
+            prefetch,
             cluster,
             tls,
             limits,
@@ -500,6 +509,68 @@ impl Config {
             public_scheme,
         })
     }
+}
+
+/// Shortest interval between scheduled warming runs.
+const MIN_PREFETCH_EVERY: Duration = Duration::from_secs(60);
+
+fn prefetch_schedule(
+    p: &file::PrefetchFile,
+    routes: &RouteTable,
+    listen: &[SocketAddr],
+) -> Result<crate::admin::prefetch::Schedule, ConfigError> {
+    use crate::admin::prefetch::{PrefetchRequest, Schedule, MAX_CONCURRENCY};
+    use crate::registry::image::{ImageRef, Platform};
+    if p.images.is_empty() {
+        return Err(invalid("prefetch.images", "name at least one image"));
+    }
+    if listen.is_empty() {
+        return Err(invalid(
+            "prefetch",
+            "warming pulls through a plain `listen:` address, and none is configured",
+        ));
+    }
+    for (i, image) in p.images.iter().enumerate() {
+        let parsed = ImageRef::parse(image, |r| routes.by_registry(r).is_some())
+            .map_err(|e| invalid(format!("prefetch.images[{i}]"), format!("{image:?}: {e}")))?;
+        if routes.by_registry(&parsed.registry).is_none() {
+            return Err(invalid(
+                format!("prefetch.images[{i}]"),
+                format!("{image:?}: no route has registry {:?}", parsed.registry),
+            ));
+        }
+    }
+    for (i, platform) in p.platforms.iter().enumerate() {
+        platform
+            .parse::<Platform>()
+            .map_err(|e| invalid(format!("prefetch.platforms[{i}]"), e))?;
+    }
+    if let Some(n) = p.concurrency {
+        if n == 0 || n > MAX_CONCURRENCY {
+            return Err(invalid(
+                "prefetch.concurrency",
+                format!("{n} is not between 1 and {MAX_CONCURRENCY}"),
+            ));
+        }
+    }
+    let every = match &p.every {
+        None => None,
+        Some(_) => {
+            let every = duration("prefetch.every", p.every.as_ref(), MIN_PREFETCH_EVERY)?;
+            if every < MIN_PREFETCH_EVERY {
+                return Err(invalid("prefetch.every", "must be at least 1m"));
+            }
+            Some(every)
+        }
+    };
+    Ok(Schedule {
+        request: PrefetchRequest {
+            images: p.images.clone(),
+            platforms: p.platforms.clone(),
+            concurrency: p.concurrency,
+        },
+        every,
+    })
 }
 
 /// Shortest cluster secret accepted, in bytes.

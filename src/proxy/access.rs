@@ -270,7 +270,7 @@ impl Shared {
                 );
                 book.remember(&route.name, repo, public);
                 let on_disk = key::verdict_key(route, repo);
-                self.cache.write_verdict(&on_disk, public).await;
+                self.cache.write_verdict(&on_disk, repo, public).await;
                 Ok::<bool, Unreachable>(public)
             })
             .await;

@@ -29,6 +29,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 
 use crate::cache::access::PRIVATE_MARK;
+use crate::cache::inventory::{Label, SOURCE_HEADER};
 use crate::cache::verify::DIGEST_HEADER;
 use crate::cache::{key, policy, Cache};
 use crate::config::{Scheme, UpstreamConfig};
@@ -445,6 +446,9 @@ impl ProxyHttp for Mirror {
             stored.insert_header(PRIVATE_MARK, path.name().map_or("", |n| n.as_str()))?;
             self.probe_in_background(ctx);
         }
+        if let Some(label) = Label::of_content(path) {
+            stored.insert_header(SOURCE_HEADER, label.to_string())?;
+        }
         let meta = CacheMeta::new(now + ttl.fresh_for(path), now, 0, stale_if_error, stored);
         debug!(target: CACHE_LOG,
             "route {}: {path} cached for {:?}",
@@ -490,7 +494,9 @@ impl ProxyHttp for Mirror {
         };
         resp.insert_header("X-Cache-Status", status)?;
         ctx.cache_status = Some(status);
+        // The stored response's internal headers.
         resp.remove_header(PRIVATE_MARK);
+        resp.remove_header(SOURCE_HEADER);
         if let Some(path) = ctx.registry_path() {
             debug!(target: CACHE_LOG, "route {}: {path}: {status}", ctx.route_name());
         }

@@ -160,6 +160,7 @@ impl Mirror {
             return self.point_to(session, ctx, pointer, "hit");
         }
         let path = ctx.registry_path().cloned()?;
+        let label = Label::of_pointer(&path)?.to_string();
         // A client without a token on a registry that wants one gets its challenge from the
         // request itself; a HEAD first would only double the 401 (containerd asks so first).
         if !req.headers.contains_key(header::AUTHORIZATION)
@@ -180,7 +181,7 @@ impl Mirror {
         let outcome = cell
             .get_or_init(|| async {
                 if let Some(pointer) = self.shared_pointer(&bin, known.as_deref()).await {
-                    s.cache.write_pointer(&key, &pointer).await;
+                    s.cache.write_pointer(&key, &pointer, &label).await;
                     return PointerCheck::Found(pointer);
                 }
                 asked = true;
@@ -206,7 +207,7 @@ impl Mirror {
                     // Granted before anyone waiting on this lookup follows the pointer, so
                     // a waiter with the same credentials needs no access check of its own.
                     self.granted_by_answer(session, ctx, pointer);
-                    s.cache.write_pointer(&key, pointer).await;
+                    s.cache.write_pointer(&key, pointer, &label).await;
                     if let Some(store) = s.store().filter(|_| asked_upstream) {
                         store
                             .publish_tag(&bin, pointer, ttl.tag_ttl + ttl.stale_for)

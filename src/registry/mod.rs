@@ -3,7 +3,9 @@
 
 pub mod auth;
 pub mod error;
+pub mod image;
 pub mod link;
+pub mod manifest;
 pub mod path;
 pub mod reference;
 

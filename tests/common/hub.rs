@@ -172,16 +172,42 @@ impl Hub {
 
     /// Stores an OCI manifest for `repo:tag` (and by digest) referring to `blob`.
     pub fn add_manifest(&self, repo: &str, tag: &str, blob: &str) -> Manifest {
+        let size = self.blob_size(blob);
         let body = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{blob}","size":1}},"layers":[]}}"#
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{blob}","size":{size}}},"layers":[]}}"#
+        );
+        self.add_manifest_typed(repo, tag, OCI_MANIFEST, body.into_bytes())
+    }
+
+    /// The length of a stored blob (0 when it is not stored: a manifest may name anything).
+    fn blob_size(&self, digest: &str) -> usize {
+        self.lock().blobs.get(digest).map_or(0, |b| b.len())
+    }
+
+    /// Stores an OCI image manifest for `repo:tag` (and by digest): config `blobs[0]`,
+    /// layers the rest, sizes from the stored blobs.
+    pub fn add_image(&self, repo: &str, tag: &str, blobs: &[String]) -> Manifest {
+        let desc = |media: &str, digest: &String| {
+            let size = self.blob_size(digest);
+            format!(r#"{{"mediaType":"{media}","digest":"{digest}","size":{size}}}"#)
+        };
+        let config = desc("application/vnd.oci.image.config.v1+json", &blobs[0]);
+        let layers: Vec<String> = blobs[1..]
+            .iter()
+            .map(|d| desc("application/vnd.oci.image.layer.v1.tar+gzip", d))
+            .collect();
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{config},"layers":[{}]}}"#,
+            layers.join(",")
         );
         self.add_manifest_typed(repo, tag, OCI_MANIFEST, body.into_bytes())
     }
 
     /// Stores a Docker v2 (schema 2) manifest for `repo:tag` referring to `blob`.
     pub fn add_docker_manifest(&self, repo: &str, tag: &str, blob: &str) -> Manifest {
+        let size = self.blob_size(blob);
         let body = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{blob}","size":1}},"layers":[]}}"#
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{blob}","size":{size}}},"layers":[]}}"#
         );
         self.add_manifest_typed(repo, tag, DOCKER_MANIFEST, body.into_bytes())
     }

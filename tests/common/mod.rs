@@ -3,6 +3,7 @@
 
 pub mod hub;
 pub mod load;
+pub mod ops;
 pub mod redis;
 pub mod registry;
 

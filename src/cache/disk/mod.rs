@@ -100,10 +100,55 @@ pub type Eviction = &'static (dyn EvictionManager + Sync + Send);
 struct Fill {
     id: u64,
     meta: (Vec<u8>, Vec<u8>),
+    /// What the status page says of it.
+    about: FillAbout,
     part: Arc<File>,
     progress: watch::Receiver<Progress>,
     /// Taken by the filling request's own reader (`lookup_streaming_write`).
     handoff: Mutex<Option<HandoffRx>>,
+}
+
+/// A fill as the status page shows it: what it is and how far it got.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FillProgress {
+    /// The entry's `x-pullthrough-source` (`blob library/nginx`), when it has one.
+    pub source: Option<String>,
+    pub digest: Option<String>,
+    /// The length the upstream announced, when it did.
+    pub size: Option<u64>,
+    pub bytes: u64,
+}
+
+/// What a fill is, read once from its response header.
+#[derive(Debug, Clone)]
+struct FillAbout {
+    source: Option<String>,
+    digest: Option<String>,
+    size: Option<u64>,
+}
+
+impl FillAbout {
+    fn of(meta: &CacheMeta) -> FillAbout {
+        let headers = meta.headers();
+        let text = |name: &str| Some(headers.get(name)?.to_str().ok()?.to_owned());
+        FillAbout {
+            source: text(super::inventory::SOURCE_HEADER),
+            digest: text(super::verify::DIGEST_HEADER),
+            size: text("content-length").and_then(|l| l.parse().ok()),
+        }
+    }
+}
+
+/// Committed entries whose last read is remembered (`DiskStorage::last_read`): beyond it
+/// the rarely read are forgotten first and show no last read.
+const READS_REMEMBERED: usize = 1 << 16;
+
+/// One committed entry as `DiskStorage::committed` finds it on disk.
+pub struct Committed {
+    pub key: CompactCacheKey,
+    pub generation: u64,
+    pub size: u64,
+    pub meta: CacheMeta,
 }
 
 type HandoffRx = (
@@ -126,6 +171,8 @@ pub struct DiskStorage {
     /// one generation never removes the sidecar a commit just put in its place.
     sidecars: Mutex<()>,
     eviction: once_cell::sync::OnceCell<Eviction>,
+    /// When each recently read committed entry was last read (unix seconds), by binary key.
+    reads: quick_cache::sync::Cache<HashBinary, u32>,
     pub stats: StorageStats,
 }
 
@@ -156,6 +203,13 @@ fn internal(context: &'static str, e: impl std::fmt::Display) -> Box<Error> {
     Error::explain(InternalError, format!("{context}: {e}"))
 }
 
+/// Seconds since the epoch, as the read book keeps them.
+fn unix_now() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+}
+
 /// Runs blocking file work on tokio's blocking pool, never on a worker thread.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
@@ -184,6 +238,7 @@ impl DiskStorage {
             commits: AtomicU64::new(0),
             sidecars: Mutex::new(()),
             eviction: once_cell::sync::OnceCell::new(),
+            reads: quick_cache::sync::Cache::new(READS_REMEMBERED),
             stats: StorageStats::default(),
         })
     }
@@ -368,6 +423,81 @@ impl DiskStorage {
         removed
     }
 
+    /// The fills in progress and how far each got.
+    pub fn fills_in_progress(&self) -> Vec<FillProgress> {
+        self.lock_fills()
+            .values()
+            .map(|fill| FillProgress {
+                source: fill.about.source.clone(),
+                digest: fill.about.digest.clone(),
+                size: fill.about.size,
+                bytes: match *fill.progress.borrow() {
+                    Progress::Writing(n) | Progress::Done(n) | Progress::Abandoned(n) => n,
+                    Progress::Failed => 0,
+                },
+            })
+            .collect()
+    }
+
+    /// When the committed entry `bin` was last read (unix seconds), if that is remembered.
+    pub fn last_read(&self, bin: &HashBinary) -> Option<u32> {
+        self.reads.peek(bin)
+    }
+
+    /// Walks every committed entry, read-only (blocking: run it on the blocking pool). An
+    /// entry that cannot be read is passed over; the start-up scan and lookups deal with it.
+    /// `visit` returns false to stop the walk.
+    pub fn committed(&self, visit: &mut dyn FnMut(Committed) -> bool) -> std::io::Result<()> {
+        for shard in std::fs::read_dir(&self.objects)? {
+            let Ok(entries) = std::fs::read_dir(shard?.path()) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_none_or(|e| e != "meta") {
+                    continue;
+                }
+                let Some(sidecar) = std::fs::read(&path).ok().and_then(|b| Sidecar::decode(&b))
+                else {
+                    continue;
+                };
+                let Ok(meta) = CacheMeta::deserialize(&sidecar.meta.0, &sidecar.meta.1) else {
+                    continue;
+                };
+                let found = Committed {
+                    key: sidecar.key,
+                    generation: sidecar.generation,
+                    size: sidecar.body_len,
+                    meta,
+                };
+                if !visit(found) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an entry is committed for `bin` (its sidecar, the commit point, is there).
+    pub async fn holds(&'static self, bin: HashBinary) -> bool {
+        if self.lock_hot().entries.contains_key(&bin) {
+            return true;
+        }
+        let meta = self.meta_path(&hex::encode(bin));
+        blocking(move || meta.exists()).await.unwrap_or(false)
+    }
+
+    /// The body of the committed entry `bin`, if it is at most `limit` bytes (blocking).
+    pub fn read_body(&self, bin: &HashBinary, limit: usize) -> Option<Vec<u8>> {
+        let (sidecar, file) = self.read_committed(&hex::encode(bin))?;
+        if sidecar.body_len > limit as u64 {
+            return None;
+        }
+        let mut body = vec![0u8; sidecar.body_len as usize];
+        file.read_exact_at(&mut body, 0).ok()?;
+        Some(body)
+    }
+
     /// A reader of the fill in progress for `bin`, if there is one.
     fn fill_hit(&self, bin: &HashBinary) -> Result<Option<(CacheMeta, HitHandler)>> {
         match self.lock_fills().get(bin) {
@@ -386,6 +516,7 @@ impl DiskStorage {
             let set = self.lock_hot();
             (set.entries.get(&bin).cloned(), set.changes)
         };
+        self.reads.insert(bin, unix_now());
         if let Some(entry) = hot {
             let meta = entry.meta()?;
             let end = entry.body.len();
@@ -820,6 +951,7 @@ impl Storage for DiskStorage {
             Fill {
                 id,
                 meta: serialized.clone(),
+                about: FillAbout::of(meta),
                 part: Arc::new(reader),
                 progress: rx,
                 handoff: Mutex::new(Some((handoff_rx, queued.clone()))),
