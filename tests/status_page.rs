@@ -111,12 +111,45 @@ async fn the_status_page_shows_what_stats_says_and_keeps_updating() {
     assert!(failed.status().is_server_error(), "{}", failed.status());
     hub.set_down(false);
     let admin_url = format!("http://127.0.0.1:{admin}");
-    let stats: serde_json::Value = reqwest::get(format!("{admin_url}/stats"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // A fill held half way by the upstream: the page shows it with its progress.
+    let held = hub.add_blob(noise(2 << 20, 73));
+    let gate = hub.gate(&held);
+    let filling = tokio::spawn({
+        let (c, tok, url) = (
+            c.clone(),
+            tok.clone(),
+            mirror.url(&format!("/v2/library/app/blobs/{held}")),
+        );
+        async move {
+            c.get(url)
+                .bearer_auth(tok)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+        }
+    });
+    let mut stats = serde_json::Value::Null;
+    for _ in 0..200 {
+        let now: serde_json::Value = reqwest::get(format!("{admin_url}/stats"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        // Held: the bytes received stop moving once the first half is in.
+        let fill = |s: &serde_json::Value| s["cache"]["fills"][0]["bytes"].as_u64();
+        if fill(&now).is_some_and(|b| b > 0) && fill(&now) == fill(&stats) {
+            stats = now;
+            break;
+        }
+        stats = now;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let fill = stats["cache"]["fills"][0].clone();
+    assert_eq!(fill["digest"], held.as_str(), "{stats}");
     let traffic = &stats["traffic"]["docker"];
     assert!(traffic["requests"].as_u64() >= Some(7), "{stats}");
     assert!(traffic["errors"].as_u64() >= Some(1), "{stats}");
@@ -187,6 +220,19 @@ async fn the_status_page_shows_what_stats_says_and_keeps_updating() {
         dom.contains(&format!("/v2/library/app/blobs/{missing}")),
         "{dom}"
     );
+    // The fill in flight, with what it has received.
+    let fill_at = dom
+        .find(&format!("data-fill=\"{held}\""))
+        .unwrap_or_else(|| panic!("no row for the fill in flight:\n{dom}"));
+    let fill_row = &dom[fill_at..dom[fill_at..].find("</tr>").unwrap() + fill_at];
+    assert!(
+        fill_row.contains(&format!("data-bytes=\"{}\"", fill["bytes"])),
+        "{fill_row}"
+    );
+    assert!(
+        fill_row.contains("blob library/app") && fill_row.contains("of 2.0 MiB"),
+        "{fill_row}"
+    );
     // Updated without a reload: the script rendered more than once.
     let updates: u32 = text_of(&dom, "id=\"updates\"").parse().unwrap();
     assert!(updates >= 2, "the page rendered {updates} times");
@@ -204,4 +250,6 @@ async fn the_status_page_shows_what_stats_says_and_keeps_updating() {
         &format!("{admin_url}/"),
     );
     assert!(shot.metadata().map(|m| m.len()).unwrap_or(0) > 0);
+    gate.add_permits(1);
+    assert_eq!(common::sha256(&filling.await.unwrap()), held);
 }
