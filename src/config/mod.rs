@@ -132,7 +132,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
     let mut unknown = Vec::new();
     let de = serde_yaml::Deserializer::from_str(text);
-    let mut note_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    // serde_ignored writes an optional section's step as `?` (`prefetch.?.often`): the
+    // operator wrote `prefetch.often`.
+    let mut note_unknown =
+        |path: serde_ignored::Path<'_>| unknown.push(path.to_string().replace(".?", ""));
     let ignoring = serde_ignored::Deserializer::new(de, &mut note_unknown);
     let file: FileConfig = match serde_path_to_error::deserialize(ignoring) {
         Ok(file) => file,
@@ -906,6 +909,56 @@ cache: { max_size: 1GiB, tag_ttl: 30s }
         assert!(!serde_json::to_string(docker.as_ref())
             .unwrap()
             .contains("aHVudGVyMg"));
+    }
+
+    #[test]
+    fn prefetch_section_checked() {
+        let c = parse(
+            "prefetch: { images: [\"nginx:1.27\", \"quay.io/coreos/etcd@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"], platforms: [linux/amd64], every: 6h }",
+        )
+        .unwrap();
+        let schedule = c.prefetch.unwrap();
+        assert_eq!(schedule.request.images.len(), 2);
+        assert_eq!(schedule.every, Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(
+            parse("prefetch: { images: [nginx] }")
+                .unwrap()
+                .prefetch
+                .unwrap()
+                .every,
+            None
+        );
+        for (yaml, key) in [
+            ("prefetch: { images: [] }", "prefetch.images"),
+            (
+                "prefetch: { images: [nginx, \"Bad Name\"] }",
+                "prefetch.images[1]",
+            ),
+            (
+                "prefetch: { images: [\"nosuch.example/a:1\"] }",
+                "prefetch.images[0]",
+            ),
+            (
+                "prefetch: { images: [nginx], platforms: [linux] }",
+                "prefetch.platforms[0]",
+            ),
+            (
+                "prefetch: { images: [nginx], every: 10s }",
+                "prefetch.every",
+            ),
+            (
+                "prefetch: { images: [nginx], every: soon }",
+                "prefetch.every",
+            ),
+            (
+                "prefetch: { images: [nginx], concurrency: 0 }",
+                "prefetch.concurrency",
+            ),
+            ("prefetch: { images: [nginx], often: 1h }", "prefetch.often"),
+        ] {
+            let e = parse(yaml).map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains(key), "{yaml}: {e}");
+        }
     }
 
     #[test]
