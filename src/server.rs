@@ -62,14 +62,19 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
     server.bootstrap();
 
     let draining = Arc::new(AtomicBool::new(false));
+    let handing_over = Arc::new(AtomicBool::new(false));
     server.add_service(background_service(
         "drain watch",
         DrainWatch {
             phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
             draining: draining.clone(),
+            handing_over: handing_over.clone(),
         },
     ));
-    server.add_service(background_service("cache keeper", cache.keeper()));
+    server.add_service(background_service(
+        "cache keeper",
+        cache.keeper(handing_over),
+    ));
     let connection_limits = limits.connections;
     let peer_listener = cluster_config.as_ref().map(|c| c.node);
     let cluster = cluster_config.map(|c| {
@@ -187,6 +192,8 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
 struct DrainWatch {
     phases: std::sync::Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
     draining: Arc<AtomicBool>,
+    /// Set when the listeners go to a new process (SIGQUIT), not at a plain stop.
+    handing_over: Arc<AtomicBool>,
 }
 
 #[async_trait]
@@ -209,6 +216,9 @@ impl BackgroundService for DrainWatch {
                     | ExecutionPhase::GracefulTerminate
                     | ExecutionPhase::ShutdownStarted
             ) {
+                if matches!(phase, ExecutionPhase::GracefulUpgradeTransferringFds) {
+                    self.handing_over.store(true, Ordering::Release);
+                }
                 info!("draining: responses now close their connections ({phase:?})");
                 self.draining.store(true, Ordering::Release);
                 return;

@@ -69,6 +69,11 @@ impl AdminApp {
                 "evicted_items": cache.eviction.evicted_items(),
                 "fills_in_flight": s.fills_in_flight.load(Ordering::Relaxed),
                 "fills": cache.storage.fills_in_progress(),
+                "scan": {
+                    "state": cache.scan.state(),
+                    "scanned": cache.scan.scanned.load(Ordering::Relaxed),
+                    "admitted": cache.scan.admitted.load(Ordering::Relaxed),
+                },
                 "digest_mismatches": s.digest_mismatches.load(Ordering::Relaxed),
                 "corrupt_entries": s.corrupt_entries.load(Ordering::Relaxed),
             },

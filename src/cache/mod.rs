@@ -12,23 +12,24 @@ pub mod pointer;
 pub mod policy;
 mod record;
 mod sidecar;
+pub mod synthetic;
 pub mod verify;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use log::{info, warn};
 use pingora::cache::eviction::lru::Manager;
-use pingora::cache::eviction::{CacheEntryKey, EvictionManager};
+use pingora::cache::eviction::EvictionManager;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::CacheConfig;
 pub use disk::{DiskStorage, ScannedEntry};
+
 pub use policy::TtlPolicy;
 
 /// LRU shards. pingora evicts from a randomly chosen shard, which is only roughly LRU with
@@ -59,57 +60,78 @@ pub struct Cache {
     pub fills: std::sync::Arc<admission::FillGate>,
     /// Where the eviction manager's state is saved (`cache.dir/v1/index`).
     index_dir: PathBuf,
-    /// Unnamed bodies the start-up scan found too young to remove.
-    young_orphans: Mutex<Vec<PathBuf>>,
+    /// The background scan that reconciles the LRU with the disk, and how far it got.
+    pub scan: std::sync::Arc<ScanProgress>,
 }
 
+/// The start-up reconciliation, as `/stats` shows it.
+#[derive(Debug, Default)]
+pub struct ScanProgress {
+    /// 0: not needed (the index was saved at a clean stop), 1: running, 2: done.
+    state: std::sync::atomic::AtomicU8,
+    /// Entries the scan has met so far.
+    pub scanned: std::sync::atomic::AtomicU64,
+    /// Entries it admitted that the loaded index did not know.
+    pub admitted: std::sync::atomic::AtomicU64,
+}
+
+impl ScanProgress {
+    /// `skipped`, `running` or `done`.
+    pub fn state(&self) -> &'static str {
+        match self.state.load(Ordering::Acquire) {
+            0 => "skipped",
+            1 => "running",
+            _ => "done",
+        }
+    }
+}
+
+/// The file whose presence says the index was saved by a clean stop with no other process
+/// on the directory: the next start may trust the index without scanning.
+const CLEAN_MARK: &str = "clean";
+
 impl Cache {
-    /// Opens the directory, and admits what is already there to the LRU in the order saved at
-    /// the last shutdown (entries the saved order does not know come last, as most recent),
-    /// evicting down to `max_size` if it shrank. Blocking: call once at start.
+    /// Opens the directory and fills the LRU from the index saved at the last stop: no
+    /// sidecar is read, so a cache of millions of entries serves within a second of start.
+    /// Unless that index was saved at a clean stop (a crash, an upgrade's hand-over, no index
+    /// at all), the keeper then scans the disk in the background (`Keeper`), admitting what
+    /// the index missed; lookups read the disk either way, so what is served is right while
+    /// the LRU catches up. Blocking: call once at start.
     pub fn open(config: &CacheConfig) -> std::io::Result<Cache> {
         let storage: &'static DiskStorage = Box::leak(Box::new(DiskStorage::open(&config.dir)?));
         let limit = usize::try_from(config.max_size).unwrap_or(usize::MAX);
         let eviction: &'static Manager<EVICTION_SHARDS> =
             Box::leak(Box::new(Manager::with_capacity(limit, 1 << 16)));
         let index_dir = config.dir.join("v1").join("index");
-        let scan = storage.scan()?;
-        let (count, bytes) = (
-            scan.entries.len(),
-            scan.entries.iter().map(|e| e.size).sum::<usize>(),
-        );
-        let mut on_disk: HashMap<CacheEntryKey, usize> = scan
-            .entries
-            .iter()
-            .map(|e| (e.entry_key(), e.size))
-            .collect();
-        let saved = saved_order(&index_dir);
-        let mut ordered = Vec::with_capacity(on_disk.len());
-        for key in saved {
-            if let Some(size) = on_disk.remove(&key) {
-                ordered.push((key, size));
-            }
-        }
-        let restored = ordered.len();
-        // Entries the saved order does not know were committed after it was saved.
-        ordered.extend(
-            scan.entries
-                .iter()
-                .map(ScannedEntry::entry_key)
-                .filter_map(|k| on_disk.remove(&k).map(|size| (k, size))),
-        );
+        storage.clear_abandoned_parts()?;
+        // Consumed whether or not the index then loads: from now on a crash must rescan.
+        let clean = std::fs::remove_file(index_dir.join(CLEAN_MARK)).is_ok();
+        let loaded = load_index(eviction, &index_dir);
+        // `max_size` may have shrunk since the index was saved.
         let mut evicted = 0;
-        for (key, size) in ordered {
-            for victim in eviction.admit(key, size, SystemTime::now()) {
-                storage.remove_entry(victim.key());
-                evicted += 1;
-            }
+        while eviction.total_size() > limit {
+            let Some(victim) = eviction.peek_lru(0) else {
+                break;
+            };
+            eviction.remove((&victim).into());
+            storage.remove_entry(victim.key());
+            evicted += 1;
         }
         storage.set_eviction(eviction);
+        let scan = std::sync::Arc::new(ScanProgress::default());
+        let trusted = clean && loaded;
+        scan.state
+            .store(if trusted { 0 } else { 1 }, Ordering::Release);
         info!(
-            "cache {}: {count} entries, {bytes} bytes found ({restored} in their saved LRU \
-             order); {evicted} evicted to fit {} bytes",
+            "cache {}: {} entries, {} bytes from the saved index ({}); {evicted} evicted to fit {} bytes",
             config.dir.display(),
+            eviction.total_items(),
+            eviction.total_size(),
+            match (loaded, clean) {
+                (true, true) => "saved at a clean stop",
+                (true, false) => "not saved at a clean stop: the disk is scanned in the background",
+                (false, _) => "none: the disk is scanned in the background",
+            },
             config.max_size
         );
         let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(LOCK_AGE_TIMEOUT));
@@ -127,80 +149,150 @@ impl Cache {
             pointers: pointer::PointerMemo::default(),
             fills: admission::FillGate::new(config.dir.clone(), config.max_fills),
             index_dir,
-            young_orphans: Mutex::new(scan.young_orphans),
+            scan,
         })
     }
 
-    /// The background housekeeping: the orphan sweep and the index saves (call once).
-    pub fn keeper(&self) -> Keeper {
-        let orphans =
-            std::mem::take(&mut *self.young_orphans.lock().unwrap_or_else(|p| p.into_inner()));
+    /// The background housekeeping: the reconciling scan when one is needed, the orphan
+    /// sweep, the index saves (call once). `handing_over` is set when this process hands its
+    /// listeners to a new one: the new process owns the index from then on.
+    pub fn keeper(&self, handing_over: std::sync::Arc<AtomicBool>) -> Keeper {
         Keeper {
             storage: self.storage,
             eviction: self.eviction,
             index_dir: self.index_dir.clone(),
-            orphans: Mutex::new(orphans),
+            scan: self.scan.clone(),
+            handing_over,
         }
     }
 }
 
-/// The LRU order saved at the last shutdown, least recently used first (empty when none was
-/// saved or it cannot be read: the scan's order then stands).
-fn saved_order(dir: &Path) -> Vec<CacheEntryKey> {
-    let Some(dir) = dir.to_str() else {
-        return Vec::new();
+/// Loads the index saved at the last stop into `eviction` (in its saved LRU order); false
+/// when there is none or it cannot be read.
+fn load_index(eviction: &'static Manager<EVICTION_SHARDS>, dir: &Path) -> bool {
+    let Some(dir) = dir.to_str().filter(|_| dir.exists()) else {
+        return false;
     };
-    let saved = Manager::<EVICTION_SHARDS>::with_capacity(usize::MAX, 1 << 16);
     // Pingora's loader reads on a tokio blocking pool; this runs before any runtime exists
     // (and, in tests, inside one), so it gets a runtime of its own on its own thread.
     let loaded = std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 let runtime = tokio::runtime::Builder::new_current_thread().build().ok()?;
-                runtime.block_on(saved.load(dir)).ok()
+                runtime.block_on(eviction.load(dir)).ok()
             })
             .join()
             .ok()
             .flatten()
     });
-    if loaded.is_none() {
-        warn!("cache index in {dir} could not be read: entries start in scan order");
+    if loaded.is_none() || eviction.total_items() == 0 {
+        if loaded.is_none() {
+            warn!("cache index in {dir} could not be read");
+        }
+        return false;
     }
-    let mut order = Vec::with_capacity(saved.total_items());
-    while let Some(key) = saved.peek_lru(0) {
-        saved.remove((&key).into());
-        order.push(key);
-    }
-    order
+    true
 }
 
-/// Cache housekeeping beside serving: removes the bodies the start-up scan left for a live
-/// upgrade peer once `ORPHAN_GRACE` has passed, and saves the LRU order every
-/// `INDEX_SAVE_EVERY` and at shutdown.
+/// Cache housekeeping beside serving: the reconciling scan after an unclean stop, the
+/// removal of bodies that scan left for a live upgrade peer once `ORPHAN_GRACE` has passed,
+/// and the LRU index saved every `INDEX_SAVE_EVERY` and at shutdown.
 pub struct Keeper {
     storage: &'static DiskStorage,
     eviction: &'static Manager<EVICTION_SHARDS>,
     index_dir: PathBuf,
-    orphans: Mutex<Vec<PathBuf>>,
+    scan: std::sync::Arc<ScanProgress>,
+    handing_over: std::sync::Arc<AtomicBool>,
 }
 
 impl Keeper {
     /// Saves the eviction manager's state (LRU order and weights) for the next start.
-    pub async fn save_index(&self) {
+    pub async fn save_index(&self) -> bool {
         let Some(dir) = self.index_dir.to_str() else {
-            return;
+            return false;
         };
         match self.eviction.save(dir).await {
-            Ok(()) => info!(
-                "cache index saved ({} entries)",
-                self.eviction.total_items()
-            ),
-            Err(e) => warn!("cache index not saved to {dir}: {e}"),
+            Ok(()) => {
+                info!(
+                    "cache index saved ({} entries)",
+                    self.eviction.total_items()
+                );
+                true
+            }
+            Err(e) => {
+                warn!("cache index not saved to {dir}: {e}");
+                false
+            }
         }
     }
 
-    async fn sweep_orphans(&self) {
-        let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|p| p.into_inner()));
+    /// At a stop: the index, and the mark that lets the next start trust it, unless a new
+    /// process took over (it owns the index now; this one's would miss its entries).
+    async fn save_at_stop(&self) {
+        if self.handing_over.load(Ordering::Acquire) {
+            info!("cache index left to the process taking over");
+            return;
+        }
+        if self.scan.state() == "running" {
+            // The LRU is still incomplete: the next start must scan too.
+            self.save_index().await;
+            return;
+        }
+        if self.save_index().await {
+            let mark = self.index_dir.join(CLEAN_MARK);
+            if let Err(e) = std::fs::write(&mark, b"saved at a clean stop\n") {
+                warn!("cache index mark {} not written: {e}", mark.display());
+            }
+        }
+    }
+
+    /// Walks every sidecar (on the blocking pool), admitting to the LRU what it does not
+    /// hold: entries committed after the index was saved, or all of them without an index.
+    /// Returns the unnamed bodies too young to remove yet.
+    async fn reconcile(&self) -> Vec<PathBuf> {
+        let (storage, eviction, progress) = (self.storage, self.eviction, self.scan.clone());
+        let started = std::time::Instant::now();
+        let scanned = tokio::task::spawn_blocking(move || {
+            let now = SystemTime::now();
+            storage.scan(&mut |entry| {
+                progress.scanned.fetch_add(1, Ordering::Relaxed);
+                let key = entry.entry_key();
+                if eviction.peek(&key) {
+                    return;
+                }
+                progress.admitted.fetch_add(1, Ordering::Relaxed);
+                for victim in eviction.admit(key, entry.size, now) {
+                    storage.remove_entry(victim.key());
+                }
+            })
+        })
+        .await;
+        self.scan.state.store(2, Ordering::Release);
+        match scanned {
+            Ok(Ok(scan)) => {
+                info!(
+                    "cache scan done in {:.1}s: {} entries on disk, {} admitted that the index \
+                     did not hold; {} entries, {} bytes",
+                    started.elapsed().as_secs_f64(),
+                    self.scan.scanned.load(Ordering::Relaxed),
+                    self.scan.admitted.load(Ordering::Relaxed),
+                    self.eviction.total_items(),
+                    self.eviction.total_size()
+                );
+                scan.young_orphans
+            }
+            Ok(Err(e)) => {
+                warn!("cache scan failed: {e}; entries it did not reach are read on demand");
+                Vec::new()
+            }
+            Err(e) => {
+                warn!("cache scan failed: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn sweep_orphans(&self, orphans: Vec<PathBuf>) {
         if orphans.is_empty() {
             return;
         }
@@ -214,20 +306,30 @@ impl Keeper {
 #[async_trait]
 impl BackgroundService for Keeper {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut orphans = Vec::new();
+        if self.scan.state() == "running" {
+            tokio::select! {
+                found = self.reconcile() => orphans = found,
+                _ = shutdown.changed() => {
+                    self.save_at_stop().await;
+                    return;
+                }
+            }
+        }
         let sweep = tokio::time::sleep(disk::ORPHAN_GRACE);
         tokio::pin!(sweep);
-        let mut swept = false;
+        let mut swept = orphans.is_empty();
         let mut saves = tokio::time::interval(INDEX_SAVE_EVERY);
         saves.tick().await;
         loop {
             tokio::select! {
                 _ = &mut sweep, if !swept => {
                     swept = true;
-                    self.sweep_orphans().await;
+                    self.sweep_orphans(std::mem::take(&mut orphans)).await;
                 }
-                _ = saves.tick() => self.save_index().await,
+                _ = saves.tick() => { self.save_index().await; }
                 _ = shutdown.changed() => {
-                    self.save_index().await;
+                    self.save_at_stop().await;
                     return;
                 }
             }
@@ -240,7 +342,7 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use pingora::cache::eviction::EvictionManager;
+    use pingora::cache::eviction::{CacheEntryKey, EvictionManager};
     use pingora::cache::trace::Span;
     use pingora::cache::{CacheKey, CacheMeta, Storage};
     use pingora::http::ResponseHeader;
@@ -278,6 +380,22 @@ mod tests {
         CacheEntryKey::from_entry_id(key.to_compact(), id)
     }
 
+    /// Opens the cache as the server does: the saved index, then the keeper's scan when the
+    /// index was not saved at a clean stop.
+    async fn opened(dir: &std::path::Path, max_size: u64) -> Cache {
+        let cache = Cache::open(&config(dir, max_size)).unwrap();
+        let keeper = cache.keeper(Default::default());
+        if cache.scan.state() == "running" {
+            keeper.reconcile().await;
+        }
+        cache
+    }
+
+    /// Stops the cache as a clean shutdown does: the index saved, with its mark.
+    async fn stopped(cache: &Cache) {
+        cache.keeper(Default::default()).save_at_stop().await;
+    }
+
     /// The LRU's keys, least recently used first (drains it).
     fn drain_order(cache: &Cache) -> Vec<CacheEntryKey> {
         let mut order = Vec::new();
@@ -291,7 +409,7 @@ mod tests {
     #[tokio::test]
     async fn restart_keeps_lru_order() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Cache::open(&config(dir.path(), 1 << 20)).unwrap();
+        let first = opened(dir.path(), 1 << 20).await;
         let now = std::time::SystemTime::now();
         let mut keys = Vec::new();
         for i in 0..8 {
@@ -306,33 +424,45 @@ mod tests {
         }
         let mut expected: Vec<_> = keys.iter().step_by(2).cloned().collect();
         expected.extend(keys.iter().rev().step_by(2).cloned());
-        first.keeper().save_index().await;
+        stopped(&first).await;
 
         let restarted = Cache::open(&config(dir.path(), 1 << 20)).unwrap();
+        assert_eq!(
+            restarted.scan.state(),
+            "skipped",
+            "a clean stop's index is trusted"
+        );
         assert_eq!(drain_order(&restarted), expected);
+        // The mark was consumed: the next start (a crash, say) scans, and keeps the order.
+        let crashed = opened(dir.path(), 1 << 20).await;
+        assert_eq!(crashed.scan.state(), "done");
+        assert_eq!(crashed.scan.admitted.load(Ordering::Relaxed), 0);
+        assert_eq!(drain_order(&crashed), expected);
         // Shrunk: the least recently used go first, not whatever the scan met first.
-        let smaller = Cache::open(&config(dir.path(), 6000)).unwrap();
+        let smaller = opened(dir.path(), 6000).await;
         assert_eq!(drain_order(&smaller), expected[2..]);
-        // Without a saved order every entry is still admitted.
+        // Without a saved order every entry is still admitted, by the scan.
         std::fs::remove_dir_all(dir.path().join("v1/index")).unwrap();
         let unsaved = Cache::open(&config(dir.path(), 1 << 20)).unwrap();
+        assert_eq!(unsaved.eviction.total_items(), 0);
+        unsaved.keeper(Default::default()).reconcile().await;
         assert_eq!(unsaved.eviction.total_items(), 6);
     }
 
     #[tokio::test]
     async fn restart_admits_what_is_on_disk_and_evicts_to_fit() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Cache::open(&config(dir.path(), 1 << 20)).unwrap();
+        let first = opened(dir.path(), 1 << 20).await;
         for i in 0..3 {
             fill_1000(&first, i).await;
         }
-        let same = Cache::open(&config(dir.path(), 1 << 20)).unwrap();
+        let same = opened(dir.path(), 1 << 20).await;
         assert_eq!(
             (same.eviction.total_items(), same.eviction.total_size()),
             (3, 3000)
         );
         // The operator shrank max_size: the surplus goes at start.
-        let smaller = Cache::open(&config(dir.path(), 2500)).unwrap();
+        let smaller = opened(dir.path(), 2500).await;
         assert_eq!(
             (
                 smaller.eviction.total_items(),
@@ -340,7 +470,7 @@ mod tests {
             ),
             (2, 2000)
         );
-        let left = Cache::open(&config(dir.path(), 1 << 20)).unwrap();
+        let left = opened(dir.path(), 1 << 20).await;
         assert_eq!(
             left.eviction.total_items(),
             2,

@@ -190,10 +190,9 @@ impl ScannedEntry {
     }
 }
 
-/// What the start-up scan found.
+/// What a scan leaves for later.
 #[derive(Default)]
 pub struct Scan {
-    pub entries: Vec<ScannedEntry>,
     /// Bodies no sidecar names, too young to remove yet (`ORPHAN_GRACE`): see
     /// `remove_orphans`.
     pub young_orphans: Vec<PathBuf>,
@@ -332,12 +331,33 @@ impl DiskStorage {
         }
     }
 
-    /// Every committed entry, for the eviction manager at start. Removes part files whose
-    /// process is gone and bodies no sidecar names, never what a running upgrade peer is
-    /// writing or committing: its part files are kept while it lives, and an unnamed body
-    /// younger than `ORPHAN_GRACE` is only listed, for `remove_orphans` to look at later.
-    pub fn scan(&self) -> std::io::Result<Scan> {
-        let mut found = Vec::new();
+    /// Removes the part files of fills whose process is gone (a crash), and of this pid (a
+    /// dead process's pid reused): call once at start, before serving. A running upgrade
+    /// peer's part files are kept. The directory holds only fills in flight: this is quick.
+    pub fn clear_abandoned_parts(&self) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(&self.tmp)? {
+            let path = entry?.path();
+            let pid = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.split('.').nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+            if !alive || pid == Some(std::process::id()) {
+                debug!("removing abandoned part file {}", path.display());
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every committed entry, for the eviction manager; safe beside serving (it runs in the
+    /// background after a crash). Removes damaged entries and bodies no sidecar names, never
+    /// what a live process (this one, an upgrade peer) is committing: an unnamed body younger
+    /// than `ORPHAN_GRACE` is only listed, for `remove_orphans` to look at later.
+    /// Each entry found goes to `found` as the walk meets it (nothing is collected: a cache
+    /// holds millions).
+    pub fn scan(&self, found: &mut dyn FnMut(ScannedEntry)) -> std::io::Result<Scan> {
         let mut young_orphans = Vec::new();
         for shard in std::fs::read_dir(&self.objects)? {
             let shard = shard?.path();
@@ -353,7 +373,7 @@ impl DiskStorage {
                 if let Some(hash) = name.strip_suffix(".meta") {
                     if let Some((sidecar, _)) = self.read_committed(hash) {
                         named.insert(self.body_path(hash, sidecar.generation), ());
-                        found.push(ScannedEntry {
+                        found(ScannedEntry {
                             key: sidecar.key,
                             generation: sidecar.generation,
                             size: sidecar.body_len as usize,
@@ -379,23 +399,7 @@ impl DiskStorage {
                 }
             }
         }
-        for entry in std::fs::read_dir(&self.tmp)? {
-            let path = entry?.path();
-            let pid = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.split('.').nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-            if !alive || pid == Some(std::process::id()) {
-                debug!("removing abandoned part file {}", path.display());
-                let _ = std::fs::remove_file(&path);
-            }
-        }
-        Ok(Scan {
-            entries: found,
-            young_orphans,
-        })
+        Ok(Scan { young_orphans })
     }
 
     /// Removes the bodies among `candidates` that no sidecar names now (blocking; run once
@@ -421,6 +425,29 @@ impl DiskStorage {
             }
         }
         removed
+    }
+
+    /// Writes a committed entry straight into the layout, without syncing: for generators of
+    /// big test caches (`cache::synthetic`), never for serving. Returns its generation.
+    pub fn write_unsynced(
+        &self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        body: &[u8],
+    ) -> std::io::Result<u64> {
+        let hash = hex::encode(key.combined_bin());
+        let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let dir = self.dir_for(&hash);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(self.body_path(&hash, generation), body)?;
+        let sidecar = Sidecar {
+            generation,
+            body_len: body.len() as u64,
+            key: key.to_compact(),
+            meta: meta.serialize().map_err(std::io::Error::other)?,
+        };
+        std::fs::write(self.meta_path(&hash), sidecar.encode())?;
+        Ok(generation)
     }
 
     /// The fills in progress and how far each got.
