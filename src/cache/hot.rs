@@ -3,6 +3,7 @@
 //! dominated the manifest hit path when measured). The disk stays the record.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -27,6 +28,9 @@ pub(super) struct HotEntry {
     pub body: Bytes,
     /// The body generation this copy is of (the eviction manager's entry id).
     pub generation: u64,
+    /// When it was last read (unix seconds; 0: not since it came in): an atomic store per
+    /// hit, where a map of last reads would take a lock.
+    pub last_read: AtomicU32,
 }
 
 /// The stored form of a header-less 200, decoded beside the real internal meta on a hit
@@ -46,6 +50,7 @@ impl HotEntry {
             header,
             body,
             generation,
+            last_read: AtomicU32::new(0),
         })
     }
 
@@ -61,6 +66,7 @@ impl HotEntry {
             header,
             body,
             generation,
+            last_read: AtomicU32::new(0),
         }
     }
 

@@ -171,7 +171,8 @@ pub struct DiskStorage {
     /// one generation never removes the sidecar a commit just put in its place.
     sidecars: Mutex<()>,
     eviction: once_cell::sync::OnceCell<Eviction>,
-    /// When each recently read committed entry was last read (unix seconds), by binary key.
+    /// When each recently read committed entry was last read from disk (unix seconds), by
+    /// binary key (the hot set's entries keep their own).
     reads: quick_cache::sync::Cache<HashBinary, u32>,
     pub stats: StorageStats,
 }
@@ -468,7 +469,13 @@ impl DiskStorage {
 
     /// When the committed entry `bin` was last read (unix seconds), if that is remembered.
     pub fn last_read(&self, bin: &HashBinary) -> Option<u32> {
-        self.reads.peek(bin)
+        let hot = self
+            .lock_hot()
+            .entries
+            .get(bin)
+            .map(|e| e.last_read.load(Ordering::Relaxed))
+            .filter(|t| *t > 0);
+        hot.or_else(|| self.reads.peek(bin))
     }
 
     /// Walks every committed entry, read-only (blocking: run it on the blocking pool). An
@@ -543,8 +550,8 @@ impl DiskStorage {
             let set = self.lock_hot();
             (set.entries.get(&bin).cloned(), set.changes)
         };
-        self.reads.insert(bin, unix_now());
         if let Some(entry) = hot {
+            entry.last_read.store(unix_now(), Ordering::Relaxed);
             let meta = entry.meta()?;
             let end = entry.body.len();
             let hit = DiskHit::Memory {
@@ -555,6 +562,7 @@ impl DiskStorage {
             };
             return Ok(Some((meta, Box::new(hit))));
         }
+        self.reads.insert(bin, unix_now());
         let hash = hex::encode(bin);
         let found = blocking(move || {
             let (sidecar, file) = self.read_committed(&hash)?;
