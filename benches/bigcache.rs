@@ -232,8 +232,17 @@ async fn main() {
 
     // Clean stop: the index is trusted.
     let dropped = drop_page_cache();
+    let started = Instant::now();
     let (child, clean_first) = timed_start(&c, &big, entries).await;
-    let clean_state = big.scan_state(&c).await.unwrap_or_default();
+    let mut clean_state = String::new();
+    while started.elapsed() < Duration::from_secs(300) {
+        clean_state = big.scan_state(&c).await.unwrap_or_default();
+        if clean_state != "loading" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let clean_loaded = started.elapsed();
     let big_rss = rss_kib(child.id());
     let (big_p50, big_p99) = hit_latency(&c, &big, entries).await;
     stop(child);
@@ -312,7 +321,8 @@ async fn main() {
         "(f) A cache of {entries} entries (`cargo bench --bench bigcache`; written in {:.0} s by \
          `cache::synthetic`; page cache {}dropped before each start):\n\n\
          | case | figure |\n|---|---|\n\
-         | start to first hit, index saved at a clean stop | {:.3} s (scan: {clean_state}) |\n\
+         | start to first hit, index saved at a clean stop | {:.3} s |\n\
+         | start to the index loaded in the background (scan then: {clean_state}) | {:.3} s |\n\
          | start to first hit, after a crash (no mark) | {:.3} s |\n\
          | background scan after a crash, start to done | {} |\n\
          | RSS with {entries} entries / with 1,000 | {:.1} MiB / {:.1} MiB |\n\
@@ -325,6 +335,7 @@ async fn main() {
         wrote.as_secs_f64(),
         if dropped { "" } else { "not " },
         clean_first.as_secs_f64(),
+        clean_loaded.as_secs_f64(),
         crash_first.as_secs_f64(),
         scan_took.map_or("not done in 30 min".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
         big_rss as f64 / 1024.0,

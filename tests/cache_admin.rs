@@ -8,10 +8,10 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::hub::{self, Hub, REGISTRY};
-use common::ops::{admin_section, entries, run, run_ok, sidecars_on_disk};
+use common::ops::{
+    admin_section, admin_url, entries, run, run_ok, sidecars_on_disk, SKOPEO_ACCEPT,
+};
 use common::{client, Mirror};
-
-const SKOPEO_ACCEPT: &[&str] = pullthrough::cache::key::MANIFEST_TYPES;
 
 fn mirror_for(hub: &Hub) -> Mirror {
     let (admin, _) = admin_section();
@@ -226,18 +226,7 @@ async fn purge_racing_a_fill_leaves_a_consistent_cache() {
         }
     });
     // The fill is under way: the status page shows it with its progress.
-    let stats_url = {
-        let conf = std::fs::read_to_string(mirror.config_path()).unwrap();
-        let listen = conf
-            .split("admin: { listen: \"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .to_owned();
-        format!("http://{listen}/stats")
-    };
+    let stats_url = admin_url(&mirror, "/stats");
     let mut seen = None;
     for _ in 0..200 {
         let stats: serde_json::Value = c

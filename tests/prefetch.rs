@@ -7,12 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::hub::{self, Hub, REGISTRY};
-use common::ops::{admin_section, json_lines, run, run_ok};
+use common::ops::{admin_section, admin_url, json_lines, run, run_ok, SKOPEO_ACCEPT};
 use common::registry::{pulled, Layout, Registry};
 use common::{client, Mirror};
-
-/// What skopeo (containers/image) accepts for a manifest: every type.
-const SKOPEO_ACCEPT: &[&str] = pullthrough::cache::key::MANIFEST_TYPES;
 
 /// A hub with `library/app:1`: config and two layers.
 fn hub_image(hub: &Hub) -> Vec<String> {
@@ -64,7 +61,6 @@ async fn prefetch_warms_an_image_and_a_pull_then_costs_nothing() {
     let before = hub.count(REGISTRY);
     let c = client(&[], mirror.addr());
     let tok = hub::pull_token(&c, &mirror, "library/app", None).await;
-    // skopeo's Accept: a tag's pointer is kept per set of accepted types.
     let m = c
         .get(mirror.url("/v2/library/app/manifests/1"))
         .header("accept", SKOPEO_ACCEPT.join(", "))
@@ -100,16 +96,6 @@ async fn prefetch_warms_an_image_and_a_pull_then_costs_nothing() {
         metrics.contains("pullthrough_prefetch_images_total{outcome=\"cached\"} 1"),
         "{metrics}"
     );
-}
-
-fn admin_url(mirror: &Mirror, path: &str) -> String {
-    let conf = std::fs::read_to_string(mirror.config_path()).unwrap();
-    let listen = conf
-        .split("admin: { listen: \"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("admin listen in the config");
-    format!("http://{listen}{path}")
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -15,7 +15,7 @@ mod sidecar;
 pub mod synthetic;
 pub mod verify;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -64,23 +64,27 @@ pub struct Cache {
     pub scan: std::sync::Arc<ScanProgress>,
 }
 
-/// The start-up reconciliation, as `/stats` shows it.
+/// The start-up work beside serving, as `/stats` shows it.
 #[derive(Debug, Default)]
 pub struct ScanProgress {
-    /// 0: not needed (the index was saved at a clean stop), 1: running, 2: done.
+    /// 0: the saved index is loading, 1: no scan needed (the index was saved at a clean
+    /// stop), 2: the scan is running, 3: done.
     state: std::sync::atomic::AtomicU8,
     /// Entries the scan has met so far.
     pub scanned: std::sync::atomic::AtomicU64,
     /// Entries it admitted that the loaded index did not know.
     pub admitted: std::sync::atomic::AtomicU64,
+    /// The index was saved at a clean stop: no scan is needed once it is loaded.
+    clean: bool,
 }
 
 impl ScanProgress {
-    /// `skipped`, `running` or `done`.
+    /// `loading` (the index), `skipped` (no scan needed), `running` or `done`.
     pub fn state(&self) -> &'static str {
         match self.state.load(Ordering::Acquire) {
-            0 => "skipped",
-            1 => "running",
+            0 => "loading",
+            1 => "skipped",
+            2 => "running",
             _ => "done",
         }
     }
@@ -91,12 +95,12 @@ impl ScanProgress {
 const CLEAN_MARK: &str = "clean";
 
 impl Cache {
-    /// Opens the directory and fills the LRU from the index saved at the last stop: no
-    /// sidecar is read, so a cache of millions of entries serves within a second of start.
-    /// Unless that index was saved at a clean stop (a crash, an upgrade's hand-over, no index
-    /// at all), the keeper then scans the disk in the background (`Keeper`), admitting what
-    /// the index missed; lookups read the disk either way, so what is served is right while
-    /// the LRU catches up. Blocking: call once at start.
+    /// Opens the directory: nothing is read but the part files of fills that died, so a
+    /// cache of millions of entries serves at once. The keeper then fills the LRU from the
+    /// index saved at the last stop and, unless that index was saved at a clean stop (a
+    /// crash, an upgrade's hand-over, no index at all), scans the disk, admitting what the
+    /// index missed (`Keeper`). Lookups read the disk either way, so what is served is right
+    /// while the LRU catches up. Blocking: call once at start.
     pub fn open(config: &CacheConfig) -> std::io::Result<Cache> {
         let storage: &'static DiskStorage = Box::leak(Box::new(DiskStorage::open(&config.dir)?));
         let limit = usize::try_from(config.max_size).unwrap_or(usize::MAX);
@@ -104,36 +108,13 @@ impl Cache {
             Box::leak(Box::new(Manager::with_capacity(limit, 1 << 16)));
         let index_dir = config.dir.join("v1").join("index");
         storage.clear_abandoned_parts()?;
-        // Consumed whether or not the index then loads: from now on a crash must rescan.
+        // Consumed at once: from now on a crash must rescan.
         let clean = std::fs::remove_file(index_dir.join(CLEAN_MARK)).is_ok();
-        let loaded = load_index(eviction, &index_dir);
-        // `max_size` may have shrunk since the index was saved.
-        let mut evicted = 0;
-        while eviction.total_size() > limit {
-            let Some(victim) = eviction.peek_lru(0) else {
-                break;
-            };
-            eviction.remove((&victim).into());
-            storage.remove_entry(victim.key());
-            evicted += 1;
-        }
         storage.set_eviction(eviction);
-        let scan = std::sync::Arc::new(ScanProgress::default());
-        let trusted = clean && loaded;
-        scan.state
-            .store(if trusted { 0 } else { 1 }, Ordering::Release);
-        info!(
-            "cache {}: {} entries, {} bytes from the saved index ({}); {evicted} evicted to fit {} bytes",
-            config.dir.display(),
-            eviction.total_items(),
-            eviction.total_size(),
-            match (loaded, clean) {
-                (true, true) => "saved at a clean stop",
-                (true, false) => "not saved at a clean stop: the disk is scanned in the background",
-                (false, _) => "none: the disk is scanned in the background",
-            },
-            config.max_size
-        );
+        let scan = std::sync::Arc::new(ScanProgress {
+            clean,
+            ..Default::default()
+        });
         let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(LOCK_AGE_TIMEOUT));
         Ok(Cache {
             storage,
@@ -167,33 +148,6 @@ impl Cache {
     }
 }
 
-/// Loads the index saved at the last stop into `eviction` (in its saved LRU order); false
-/// when there is none or it cannot be read.
-fn load_index(eviction: &'static Manager<EVICTION_SHARDS>, dir: &Path) -> bool {
-    let Some(dir) = dir.to_str().filter(|_| dir.exists()) else {
-        return false;
-    };
-    // Pingora's loader reads on a tokio blocking pool; this runs before any runtime exists
-    // (and, in tests, inside one), so it gets a runtime of its own on its own thread.
-    let loaded = std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let runtime = tokio::runtime::Builder::new_current_thread().build().ok()?;
-                runtime.block_on(eviction.load(dir)).ok()
-            })
-            .join()
-            .ok()
-            .flatten()
-    });
-    if loaded.is_none() || eviction.total_items() == 0 {
-        if loaded.is_none() {
-            warn!("cache index in {dir} could not be read");
-        }
-        return false;
-    }
-    true
-}
-
 /// Cache housekeeping beside serving: the reconciling scan after an unclean stop, the
 /// removal of bodies that scan left for a live upgrade peer once `ORPHAN_GRACE` has passed,
 /// and the LRU index saved every `INDEX_SAVE_EVERY` and at shutdown.
@@ -206,6 +160,60 @@ pub struct Keeper {
 }
 
 impl Keeper {
+    /// Fills the LRU from the index saved at the last stop (entries a live fill admitted
+    /// meanwhile stay where they are: the loaded ones go behind them, as older), then evicts
+    /// down to `max_size` if it shrank. Returns whether an index was loaded.
+    async fn load_index(&self) -> bool {
+        let started = std::time::Instant::now();
+        let before = self.eviction.total_items();
+        let loaded = match self.index_dir.to_str().filter(|_| self.index_dir.exists()) {
+            Some(dir) => self.eviction.load(dir).await.is_ok(),
+            None => false,
+        };
+        let found = self.eviction.total_items().saturating_sub(before);
+        let (eviction, storage) = (self.eviction, self.storage);
+        let limit = self.eviction.weight_limit();
+        let evicted = tokio::task::spawn_blocking(move || {
+            let mut evicted = 0;
+            while eviction.total_size() > limit {
+                let Some(victim) = eviction.peek_lru(0) else {
+                    break;
+                };
+                eviction.remove((&victim).into());
+                storage.remove_entry(victim.key());
+                evicted += 1;
+            }
+            evicted
+        })
+        .await
+        .unwrap_or(0);
+        info!(
+            "cache index: {found} entries loaded in {:.2}s ({}); {evicted} evicted to fit {limit} bytes",
+            started.elapsed().as_secs_f64(),
+            match (found > 0, self.scan.clean) {
+                (true, true) => "saved at a clean stop",
+                (true, false) => "not saved at a clean stop: the disk is scanned next",
+                (false, _) => "none found: the disk is scanned next",
+            },
+        );
+        loaded && found > 0
+    }
+
+    /// The start-up work beside serving: the index loaded, then the scan unless the index
+    /// was saved at a clean stop. Returns the unnamed bodies the scan left for later.
+    async fn settle(&self) -> Vec<PathBuf> {
+        if self.scan.state() == "loading" {
+            let trusted = self.load_index().await && self.scan.clean;
+            self.scan
+                .state
+                .store(if trusted { 1 } else { 2 }, Ordering::Release);
+        }
+        if self.scan.state() == "running" {
+            return self.reconcile().await;
+        }
+        Vec::new()
+    }
+
     /// Saves the eviction manager's state (LRU order and weights) for the next start.
     pub async fn save_index(&self) -> bool {
         let Some(dir) = self.index_dir.to_str() else {
@@ -233,10 +241,15 @@ impl Keeper {
             info!("cache index left to the process taking over");
             return;
         }
-        if self.scan.state() == "running" {
+        match self.scan.state() {
+            // Half loaded: the index on disk is still the whole one.
+            "loading" => return,
             // The LRU is still incomplete: the next start must scan too.
-            self.save_index().await;
-            return;
+            "running" => {
+                self.save_index().await;
+                return;
+            }
+            _ => {}
         }
         if self.save_index().await {
             let mark = self.index_dir.join(CLEAN_MARK);
@@ -267,7 +280,7 @@ impl Keeper {
             })
         })
         .await;
-        self.scan.state.store(2, Ordering::Release);
+        self.scan.state.store(3, Ordering::Release);
         match scanned {
             Ok(Ok(scan)) => {
                 info!(
@@ -306,16 +319,13 @@ impl Keeper {
 #[async_trait]
 impl BackgroundService for Keeper {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut orphans = Vec::new();
-        if self.scan.state() == "running" {
-            tokio::select! {
-                found = self.reconcile() => orphans = found,
-                _ = shutdown.changed() => {
-                    self.save_at_stop().await;
-                    return;
-                }
+        let mut orphans = tokio::select! {
+            found = self.settle() => found,
+            _ = shutdown.changed() => {
+                self.save_at_stop().await;
+                return;
             }
-        }
+        };
         let sweep = tokio::time::sleep(disk::ORPHAN_GRACE);
         tokio::pin!(sweep);
         let mut swept = orphans.is_empty();
@@ -384,10 +394,7 @@ mod tests {
     /// index was not saved at a clean stop.
     async fn opened(dir: &std::path::Path, max_size: u64) -> Cache {
         let cache = Cache::open(&config(dir, max_size)).unwrap();
-        let keeper = cache.keeper(Default::default());
-        if cache.scan.state() == "running" {
-            keeper.reconcile().await;
-        }
+        cache.keeper(Default::default()).settle().await;
         cache
     }
 
@@ -426,7 +433,7 @@ mod tests {
         expected.extend(keys.iter().rev().step_by(2).cloned());
         stopped(&first).await;
 
-        let restarted = Cache::open(&config(dir.path(), 1 << 20)).unwrap();
+        let restarted = opened(dir.path(), 1 << 20).await;
         assert_eq!(
             restarted.scan.state(),
             "skipped",
@@ -444,8 +451,9 @@ mod tests {
         // Without a saved order every entry is still admitted, by the scan.
         std::fs::remove_dir_all(dir.path().join("v1/index")).unwrap();
         let unsaved = Cache::open(&config(dir.path(), 1 << 20)).unwrap();
-        assert_eq!(unsaved.eviction.total_items(), 0);
-        unsaved.keeper(Default::default()).reconcile().await;
+        assert_eq!(unsaved.eviction.total_items(), 0, "nothing is read at open");
+        unsaved.keeper(Default::default()).settle().await;
+        assert_eq!(unsaved.scan.state(), "done");
         assert_eq!(unsaved.eviction.total_items(), 6);
     }
 

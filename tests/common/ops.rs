@@ -5,6 +5,22 @@ use std::process::{Command, Output, Stdio};
 
 use super::{Mirror, GUARD};
 
+/// What skopeo (containers/image) accepts for a manifest: every type. A tag's pointer is
+/// kept per set of accepted types, so tests that count upstream requests after a prefetch
+/// ask as skopeo does.
+pub const SKOPEO_ACCEPT: &[&str] = pullthrough::cache::key::MANIFEST_TYPES;
+
+/// `http://<the mirror's admin.listen><path>`, from its config file.
+pub fn admin_url(mirror: &Mirror, path: &str) -> String {
+    let conf = std::fs::read_to_string(mirror.config_path()).expect("the mirror's config");
+    let listen = conf
+        .split("admin: { listen: \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("admin.listen in the mirror's config");
+    format!("http://{listen}{path}")
+}
+
 /// A mirror config's admin section on a free port, and that port.
 pub fn admin_section() -> (String, u16) {
     let port = super::free_port();
