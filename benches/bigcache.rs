@@ -316,7 +316,8 @@ async fn main() {
     let _ = old.wait();
     stop(new);
 
-    let per_entry = (big_rss.saturating_sub(small_rss) * 1024) as f64 / (entries - 1000) as f64;
+    let per_entry = (big_rss.saturating_sub(small_rss) * 1024) as f64
+        / entries.saturating_sub(1000).max(1) as f64;
     let report = format!(
         "(f) A cache of {entries} entries (`cargo bench --bench bigcache`; written in {:.0} s by \
          `cache::synthetic`; page cache {}dropped before each start):\n\n\

@@ -11,7 +11,9 @@
 #   PACE=50m benches/load.sh   another upstream pace for case (c)
 #
 # Cases: (a) cache-hit GET of the big blob, 4 connections: bytes/s;
-# (b) cache-hit GET of a manifest by digest and by tag, 64 connections: requests/s and p99;
+#     and the server's CPU time per GB served;
+# (b) cache-hit GET of a manifest by digest and by tag, 64 connections (requests/s and p99) and
+#     4 connections (requests/s);
 # (c) 50 clients at once on one uncached 100 MiB blob, upstream paced to PACE bytes/s: upstream
 #     fetches, total time and time to first byte, against one client alone on another cold blob;
 # (d) peak RSS of each server while 50 clients pull one uncached 1 GiB blob (unpaced);
@@ -110,6 +112,18 @@ to_bytes() { # wrk's "2.10GB" -> bytes
 }
 to_ms() { awk -v v="$1" 'BEGIN{n=v+0; u=v; sub(/^[0-9.]+/,"",u); m=1; if(u=="us")m=0.001; if(u=="s")m=1000; printf "%.2f", n*m}'; }
 
+pids_of() {
+  case $1 in
+    pullthrough) echo "$PT_PID" ;;
+    nginx) local m; m=$(cat "$WORK/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')" ;;
+    distribution) echo "$DP_PID" ;;
+  esac
+}
+cpu_ticks() { # the server's processes together: user + system CPU time so far, in clock ticks
+  for p in $(pids_of "$1"); do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s+=$1} END{print s+0}'
+}
+TICKS=$(getconf CLK_TCK)
+
 # (a) and (b): each cache warmed, then $ROUNDS rounds, the servers interleaved within each
 # round (A B C A B C ...), so a slow moment of the machine falls on all of them; each cell is
 # the median of the rounds, with the spread (lowest-highest) beside it.
@@ -120,32 +134,43 @@ for name in pullthrough nginx distribution; do
     curl -sf -H "Accept: $MT" -o /dev/null "$u"; curl -sf -H "Accept: $MT" -o /dev/null "$u"
   done
 done
-declare -A BLOB_R RPS_D_R P99_D_R RPS_T_R P99_T_R
+declare -A BLOB_R CPU_GB_R RPS_D_R P99_D_R RPS_T_R P99_T_R RPS_D4_R RPS_T4_R
 for round in $(seq 1 "$ROUNDS"); do
   echo "load.sh: (a), (b) round $round of $ROUNDS" >&2
   for name in pullthrough nginx distribution; do
     base="http://127.0.0.1:$(port_of $name)/v2/bench/app"
+    t0=$(cpu_ticks $name)
     out=$(wrk -t2 -c4 -d"${SECS}s" "$base/blobs/$BIG")
+    t1=$(cpu_ticks $name)
     BLOB_R[$name]+=" $(to_bytes "$(echo "$out" | awk '/Transfer\/sec/{print $2}')")"
+    read_bytes=$(to_bytes "$(echo "$out" | awk '/ read$/{print $(NF-1)}')")
+    CPU_GB_R[$name]+=" $(awk -v t=$((t1 - t0)) -v hz="$TICKS" -v b="$read_bytes" 'BEGIN{ if (b>0) printf "%.3f", t/hz/(b/1e9); else print "nan" }')"
     out=$(wrk -t2 -c64 -d"${SECS}s" --latency -H "Accept: $MT" "$base/manifests/$MAN")
     RPS_D_R[$name]+=" $(echo "$out" | awk '/Requests\/sec/{printf "%.0f", $2}')"
     P99_D_R[$name]+=" $(to_ms "$(echo "$out" | awk '$1=="99%"{print $2}')")"
     out=$(wrk -t2 -c64 -d"${SECS}s" --latency -H "Accept: $MT" "$base/manifests/v1")
     RPS_T_R[$name]+=" $(echo "$out" | awk '/Requests\/sec/{printf "%.0f", $2}')"
     P99_T_R[$name]+=" $(to_ms "$(echo "$out" | awk '$1=="99%"{print $2}')")"
+    out=$(wrk -t2 -c4 -d"${SECS}s" -H "Accept: $MT" "$base/manifests/$MAN")
+    RPS_D4_R[$name]+=" $(echo "$out" | awk '/Requests\/sec/{printf "%.0f", $2}')"
+    out=$(wrk -t2 -c4 -d"${SECS}s" -H "Accept: $MT" "$base/manifests/v1")
+    RPS_T4_R[$name]+=" $(echo "$out" | awk '/Requests\/sec/{printf "%.0f", $2}')"
   done
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 spread() { # "low-high" of the rounds, formatted by $2 (printf)
   tr ' ' '\n' | grep -v '^$' | sort -g | awk -v f="$1" 'NR==1{lo=$1} {hi=$1} END{printf f "-" f, lo, hi}'
 }
-declare -A BLOB RPS_D P99_D RPS_T P99_T BLOB_S RPS_D_S RPS_T_S
+declare -A BLOB RPS_D P99_D RPS_T P99_T BLOB_S RPS_D_S RPS_T_S CPU_GB RPS_D4 RPS_T4 RPS_D4_S RPS_T4_S
 for name in pullthrough nginx distribution; do
   BLOB[$name]=$(echo "${BLOB_R[$name]}" | median); BLOB_S[$name]=$(echo "${BLOB_R[$name]}" | awk '{for(i=1;i<=NF;i++) printf " %.2f", $i/1e9}' | spread %.2f)
   RPS_D[$name]=$(echo "${RPS_D_R[$name]}" | median); RPS_D_S[$name]=$(echo "${RPS_D_R[$name]}" | spread %d)
   P99_D[$name]=$(echo "${P99_D_R[$name]}" | median)
   RPS_T[$name]=$(echo "${RPS_T_R[$name]}" | median); RPS_T_S[$name]=$(echo "${RPS_T_R[$name]}" | spread %d)
   P99_T[$name]=$(echo "${P99_T_R[$name]}" | median)
+  CPU_GB[$name]=$(echo "${CPU_GB_R[$name]}" | median)
+  RPS_D4[$name]=$(echo "${RPS_D4_R[$name]}" | median); RPS_D4_S[$name]=$(echo "${RPS_D4_R[$name]}" | spread %d)
+  RPS_T4[$name]=$(echo "${RPS_T4_R[$name]}" | median); RPS_T4_S[$name]=$(echo "${RPS_T4_R[$name]}" | spread %d)
 done
 
 # (c) and (d): clients at once on a cold blob.
@@ -165,13 +190,6 @@ crowd_of() { # url-list size -> as crowd: one client per line of url-list, all a
   sort -k3 -g "$WORK/crowd.out" | awk -v n="$n" -v size="$2" -v t0="$t0" -v t1="$t1" '
     { if ($1 != 200 || $2 != size) bad++; ttfb[NR] = $3 }
     END { if (NR < n) bad += n - NR; printf "%d %.3f %.3f %.3f\n", bad, t1 - t0, ttfb[int((NR + 1) / 2)], ttfb[NR] }'
-}
-pids_of() {
-  case $1 in
-    pullthrough) echo "$PT_PID" ;;
-    nginx) local m; m=$(cat "$WORK/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')" ;;
-    distribution) echo "$DP_PID" ;;
-  esac
 }
 reset_peak() { for p in $(pids_of "$1"); do echo 5 > "/proc/$p/clear_refs" 2>/dev/null || true; done; }
 peak_mib() { # the server's processes together: sum of their peak RSS (VmHWM)
@@ -283,6 +301,9 @@ gbps() { awk -v b="$1" 'BEGIN{printf "%.2f", b/1e9}'; }
   echo "| case | pullthrough | nginx | distribution (proxy) | pullthrough/nginx | pullthrough/distribution |"
   echo "|---|---|---|---|---|---|"
   echo "| (a) ${BIG_MIB} MiB blob hit, 4 conns, GB/s | $(gbps "${BLOB[pullthrough]}") | $(gbps "${BLOB[nginx]}") | $(gbps "${BLOB[distribution]}") | $(ratio "${BLOB[pullthrough]}" "${BLOB[nginx]}") | $(ratio "${BLOB[pullthrough]}" "${BLOB[distribution]}") |"
+  echo "| (a) CPU seconds per GB served (server, user + system) | ${CPU_GB[pullthrough]} | ${CPU_GB[nginx]} | ${CPU_GB[distribution]} | $(ratio "${CPU_GB[pullthrough]}" "${CPU_GB[nginx]}") | $(ratio "${CPU_GB[pullthrough]}" "${CPU_GB[distribution]}") |"
+  echo "| (b) manifest by digest, 4 conns, req/s | ${RPS_D4[pullthrough]} | ${RPS_D4[nginx]} | ${RPS_D4[distribution]} | $(ratio "${RPS_D4[pullthrough]}" "${RPS_D4[nginx]}") | $(ratio "${RPS_D4[pullthrough]}" "${RPS_D4[distribution]}") |"
+  echo "| (b) manifest by tag, 4 conns, req/s | ${RPS_T4[pullthrough]} | ${RPS_T4[nginx]} | ${RPS_T4[distribution]} | $(ratio "${RPS_T4[pullthrough]}" "${RPS_T4[nginx]}") | $(ratio "${RPS_T4[pullthrough]}" "${RPS_T4[distribution]}") |"
   echo "| (b) manifest by digest, 64 conns, req/s | ${RPS_D[pullthrough]} | ${RPS_D[nginx]} | ${RPS_D[distribution]} | $(ratio "${RPS_D[pullthrough]}" "${RPS_D[nginx]}") | $(ratio "${RPS_D[pullthrough]}" "${RPS_D[distribution]}") |"
   echo "| (b) manifest by digest, p99 ms | ${P99_D[pullthrough]} | ${P99_D[nginx]} | ${P99_D[distribution]} | | |"
   echo "| (b) manifest by tag, 64 conns, req/s | ${RPS_T[pullthrough]} | ${RPS_T[nginx]} | ${RPS_T[distribution]} | $(ratio "${RPS_T[pullthrough]}" "${RPS_T[nginx]}") | $(ratio "${RPS_T[pullthrough]}" "${RPS_T[distribution]}") |"
@@ -300,7 +321,7 @@ gbps() { awk -v b="$1" 'BEGIN{printf "%.2f", b/1e9}'; }
   echo "| (d) total s | ${HUGE_T[pullthrough]} | ${HUGE_T[nginx]} | ${HUGE_T[distribution]} | | |"
   echo "| (d) failed | ${HUGE_BAD[pullthrough]} | ${HUGE_BAD[nginx]} | ${HUGE_BAD[distribution]} | | |"
   echo
-  echo "Spread over the rounds (lowest-highest), pullthrough / nginx / distribution: (a) GB/s ${BLOB_S[pullthrough]} / ${BLOB_S[nginx]} / ${BLOB_S[distribution]}; (b) by digest req/s ${RPS_D_S[pullthrough]} / ${RPS_D_S[nginx]} / ${RPS_D_S[distribution]}; (b) by tag req/s ${RPS_T_S[pullthrough]} / ${RPS_T_S[nginx]} / ${RPS_T_S[distribution]}. A ratio is a lead only where the spreads do not overlap."
+  echo "Spread over the rounds (lowest-highest), pullthrough / nginx / distribution: (a) GB/s ${BLOB_S[pullthrough]} / ${BLOB_S[nginx]} / ${BLOB_S[distribution]}; (b) by digest req/s ${RPS_D_S[pullthrough]} / ${RPS_D_S[nginx]} / ${RPS_D_S[distribution]}; (b) by tag req/s ${RPS_T_S[pullthrough]} / ${RPS_T_S[nginx]} / ${RPS_T_S[distribution]}; (b) 4 conns by digest ${RPS_D4_S[pullthrough]} / ${RPS_D4_S[nginx]} / ${RPS_D4_S[distribution]}, by tag ${RPS_T4_S[pullthrough]} / ${RPS_T4_S[nginx]} / ${RPS_T4_S[distribution]}. A ratio is a lead only where the spreads do not overlap."
   echo
   echo "Loopback ceiling (iperf3): $(gbps "$CEIL") GB/s. pullthrough (a) / ceiling: $(ratio "${BLOB[pullthrough]}" "$CEIL")."
   echo

@@ -170,6 +170,7 @@ async fn failures_name_the_image_and_the_reason() {
                 list.to_str().unwrap(),
                 "nosuch.example/team/x:1",
                 "Bad Name",
+                &format!("{}:1", hub::PRIVATE_REPO),
             ],
         )
     });
@@ -188,12 +189,15 @@ async fn failures_name_the_image_and_the_reason() {
         stderr.contains("Bad Name: invalid image reference"),
         "{stderr}"
     );
+    // A private repository without credentials: the refusal is named.
+    let private = format!("docker.io/{}:1: credential refused", hub::PRIVATE_REPO);
+    assert!(stderr.contains(&private), "{stderr}");
     // The good image in the list was warmed all the same, and reported so.
     let images: Vec<_> = json_lines(&stdout)
         .into_iter()
         .filter(|e| e["kind"] == "image" && e["state"] != "queued")
         .collect();
-    assert_eq!(images.len(), 4, "{stdout}");
+    assert_eq!(images.len(), 5, "{stdout}");
     let app = images
         .iter()
         .find(|e| e["image"] == "app:1")

@@ -173,6 +173,8 @@ impl Prefetcher {
                 .routes()
                 .iter()
                 .map(|r| r.registry.as_str())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
                 .collect();
             return Err(format!(
                 "unknown registry {:?} (this mirror has: {})",
