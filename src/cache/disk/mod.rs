@@ -562,7 +562,6 @@ impl DiskStorage {
             };
             return Ok(Some((meta, Box::new(hit))));
         }
-        self.reads.insert(bin, unix_now());
         let hash = hex::encode(bin);
         let found = blocking(move || {
             let (sidecar, file) = self.read_committed(&hash)?;
@@ -581,6 +580,7 @@ impl DiskStorage {
         let Some((hash, sidecar, file, body)) = found else {
             return Ok(None);
         };
+        self.reads.insert(bin, unix_now());
         let meta = match CacheMeta::deserialize(&sidecar.meta.0, &sidecar.meta.1) {
             Ok(m) => m,
             Err(e) => {
