@@ -85,6 +85,16 @@ async fn listing_and_a_repository_purge_remove_exactly_its_entries() {
     let mirror = mirror_for(&hub);
     pull(&hub, &mirror, "library/app", &app).await;
     pull(&hub, &mirror, "acme/other", &other).await;
+    // One entry read again: a hit, remembered as its last read (fills are not reads).
+    let c = client(&[], mirror.addr());
+    let tok = hub::pull_token(&c, &mirror, "acme/other", None).await;
+    let again = c
+        .get(mirror.url(&format!("/v2/acme/other/blobs/{}", other[0])))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(common::cache_status(&again), "hit");
 
     let all = tokio::task::block_in_place(|| entries(&mirror, None));
     let listed = described(&all);
@@ -121,8 +131,9 @@ async fn listing_and_a_repository_purge_remove_exactly_its_entries() {
     let other_before = described(&tokio::task::block_in_place(|| {
         entries(&mirror, Some("acme/other"))
     }));
-    // Hits were remembered.
-    assert!(all.iter().any(|e| e["last_read"].is_u64()));
+    let read: Vec<_> = all.iter().filter(|e| e["last_read"].is_u64()).collect();
+    assert_eq!(read.len(), 1, "{read:#?}");
+    assert_eq!(read[0]["digest"], other[0].as_str());
 
     let du = tokio::task::block_in_place(|| run_ok(&mirror, &["cache", "du", "--json"]));
     let du: serde_json::Value = serde_json::from_str(&du).unwrap();
