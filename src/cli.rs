@@ -212,18 +212,13 @@ impl Admin {
             Some(a) => a,
             None => admin_listen(&target.conf)?,
         };
-        let ip = match addr.ip() {
-            ip if ip.is_unspecified() && ip.is_ipv4() => [127, 0, 0, 1].into(),
-            ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
-            ip => ip,
-        };
         let client = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Admin {
-            base: format!("http://{}", SocketAddr::new(ip, addr.port())),
+            base: format!("http://{}", crate::admin::reachable(addr)),
             client,
         })
     }

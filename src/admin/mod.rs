@@ -173,6 +173,17 @@ impl AdminApp {
     }
 }
 
+/// Where a local client reaches a listener: its own address, or loopback for a listener on
+/// every address (`0.0.0.0`, `[::]`).
+pub fn reachable(listener: std::net::SocketAddr) -> std::net::SocketAddr {
+    let ip = match listener.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
+        ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, listener.port())
+}
+
 /// Most bytes a request body to the admin API may hold.
 const BODY_MAX: usize = 1 << 20;
 

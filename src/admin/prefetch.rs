@@ -106,11 +106,6 @@ struct Fetched {
 impl Prefetcher {
     /// A prefetcher pulling through `listener` (an unspecified address means loopback).
     pub fn new(listener: SocketAddr, shared: Arc<Shared>) -> Prefetcher {
-        let ip = match listener.ip() {
-            ip if ip.is_unspecified() && ip.is_ipv4() => [127, 0, 0, 1].into(),
-            ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
-            ip => ip,
-        };
         let client = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
@@ -121,7 +116,7 @@ impl Prefetcher {
             .expect("a plain HTTP client always builds");
         Prefetcher {
             client,
-            base: format!("http://{}", SocketAddr::new(ip, listener.port())),
+            base: format!("http://{}", super::reachable(listener)),
             shared,
         }
     }
