@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use common::hub::{self, Hub, REGISTRY};
 use common::ops::{
-    admin_section, admin_url, entries, run, run_ok, sidecars_on_disk, SKOPEO_ACCEPT,
+    admin_section, admin_url, entries, get_manifest, run, run_ok, sidecars_on_disk, spawn_get,
 };
 use common::{client, Mirror};
 
@@ -39,13 +39,7 @@ fn image(hub: &Hub, repo: &str, seed: u8) -> Vec<String> {
 async fn pull(hub: &Hub, mirror: &Mirror, repo: &str, blobs: &[String]) {
     let c = client(&[], mirror.addr());
     let tok = hub::pull_token(&c, mirror, repo, None).await;
-    let m = c
-        .get(mirror.url(&format!("/v2/{repo}/manifests/1")))
-        .header("accept", SKOPEO_ACCEPT.join(", "))
-        .bearer_auth(&tok)
-        .send()
-        .await
-        .unwrap();
+    let m = get_manifest(&c, mirror, repo, "1", &tok).await;
     assert_eq!(m.status(), 200, "{}", mirror.log());
     for digest in blobs {
         let r = c
@@ -224,18 +218,7 @@ async fn purge_racing_a_fill_leaves_a_consistent_cache() {
     let c = client(&[], mirror.addr());
     let tok = hub::pull_token(&c, &mirror, "library/app", None).await;
     let url = mirror.url(&format!("/v2/library/app/blobs/{big}"));
-    let filling = tokio::spawn({
-        let (c, tok) = (c.clone(), tok.clone());
-        async move {
-            c.get(url)
-                .bearer_auth(tok)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-        }
-    });
+    let filling = spawn_get(&c, url, &tok);
     // The fill is under way: the status page shows it with its progress.
     let stats_url = admin_url(&mirror, "/stats");
     let mut seen = None;
@@ -271,7 +254,7 @@ async fn purge_racing_a_fill_leaves_a_consistent_cache() {
         "a fill in progress is not an entry: {out}"
     );
     gate.add_permits(1);
-    let body = filling.await.unwrap().unwrap();
+    let body = filling.await.unwrap();
     assert_eq!(common::sha256(&body), big);
 
     // Consistent on disk: every sidecar's body is there at its length, no part file left.

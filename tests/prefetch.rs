@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::hub::{self, Hub, REGISTRY};
-use common::ops::{admin_section, admin_url, json_lines, run, run_ok, SKOPEO_ACCEPT};
+use common::ops::{admin_section, admin_url, get_manifest, json_lines, run, run_ok};
 use common::registry::{pulled, Layout, Registry};
 use common::{client, Mirror};
 
@@ -61,13 +61,7 @@ async fn prefetch_warms_an_image_and_a_pull_then_costs_nothing() {
     let before = hub.count(REGISTRY);
     let c = client(&[], mirror.addr());
     let tok = hub::pull_token(&c, &mirror, "library/app", None).await;
-    let m = c
-        .get(mirror.url("/v2/library/app/manifests/1"))
-        .header("accept", SKOPEO_ACCEPT.join(", "))
-        .bearer_auth(&tok)
-        .send()
-        .await
-        .unwrap();
+    let m = get_manifest(&c, &mirror, "library/app", "1", &tok).await;
     assert_eq!(m.status(), 200);
     assert_eq!(common::cache_status(&m), "hit");
     for digest in &blobs {
@@ -127,13 +121,7 @@ async fn platform_filter_fetches_nothing_of_the_other_platforms() {
     let c = client(&[], mirror.addr());
     let tok = hub::pull_token(&c, &mirror, "library/multi", None).await;
     let before = hub.count(REGISTRY);
-    let r = c
-        .get(mirror.url("/v2/library/multi/manifests/1"))
-        .header("accept", SKOPEO_ACCEPT.join(", "))
-        .bearer_auth(&tok)
-        .send()
-        .await
-        .unwrap();
+    let r = get_manifest(&c, &mirror, "library/multi", "1", &tok).await;
     assert_eq!(r.bytes().await.unwrap(), index.body);
     assert_eq!(hub.count(REGISTRY), before);
     // A platform the index lacks is a failure that names it.

@@ -114,23 +114,11 @@ async fn the_status_page_shows_what_stats_says_and_keeps_updating() {
     // A fill held half way by the upstream: the page shows it with its progress.
     let held = hub.add_blob(noise(2 << 20, 73));
     let gate = hub.gate(&held);
-    let filling = tokio::spawn({
-        let (c, tok, url) = (
-            c.clone(),
-            tok.clone(),
-            mirror.url(&format!("/v2/library/app/blobs/{held}")),
-        );
-        async move {
-            c.get(url)
-                .bearer_auth(tok)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap()
-        }
-    });
+    let filling = common::ops::spawn_get(
+        &c,
+        mirror.url(&format!("/v2/library/app/blobs/{held}")),
+        &tok,
+    );
     let mut stats = serde_json::Value::Null;
     for _ in 0..200 {
         let now: serde_json::Value = reqwest::get(format!("{admin_url}/stats"))

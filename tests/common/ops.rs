@@ -83,3 +83,33 @@ pub fn sidecars_on_disk(mirror: &Mirror) -> usize {
         .filter(|f| f.path().extension().is_some_and(|e| e == "meta"))
         .count()
 }
+
+/// `GET /v2/<repo>/manifests/<tag>` through the mirror as skopeo asks it, with `tok`.
+pub async fn get_manifest(
+    c: &reqwest::Client,
+    mirror: &Mirror,
+    repo: &str,
+    tag: &str,
+    tok: &str,
+) -> reqwest::Response {
+    c.get(mirror.url(&format!("/v2/{repo}/manifests/{tag}")))
+        .header("accept", SKOPEO_ACCEPT.join(", "))
+        .bearer_auth(tok)
+        .send()
+        .await
+        .expect("manifest request")
+}
+
+/// A GET of `url` with `tok` in a task of its own (a download the upstream holds back);
+/// its body once it completes.
+pub fn spawn_get(
+    c: &reqwest::Client,
+    url: String,
+    tok: &str,
+) -> tokio::task::JoinHandle<bytes::Bytes> {
+    let (c, tok) = (c.clone(), tok.to_owned());
+    tokio::spawn(async move {
+        let r = c.get(url).bearer_auth(tok).send().await.expect("request");
+        r.bytes().await.expect("the whole body")
+    })
+}
