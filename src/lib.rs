@@ -20,6 +20,7 @@ pub mod guard;
 pub mod healthcheck;
 pub mod logging;
 pub mod metrics;
+pub mod placement;
 pub mod proxy;
 pub mod redirect;
 pub mod registry;

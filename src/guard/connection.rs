@@ -144,6 +144,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
             Shutdown::shutdown(&mut *stream).await;
             return None;
         };
+        let stream = crate::placement::serve_here(stream);
         // HTTP/2 frames its own headers (the h2 crate bounds them); the guard reads HTTP/1.
         let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             stream
