@@ -40,8 +40,9 @@ for tool in docker-registry nginx wrk iperf3 curl sha256sum; do
   command -v "$tool" >/dev/null || { echo "load.sh: $tool is missing (apt-get install docker-registry nginx-light wrk iperf3 curl)" >&2; exit 2; }
 done
 
-cargo build --release --locked --bin pullthrough >&2
+cargo build --release --locked --bin pullthrough --example pingora-floor >&2
 BIN=$PWD/target/release/pullthrough
+FLOOR_BIN=$PWD/target/release/examples/pingora-floor
 WORK=$(mktemp -d /tmp/pullthrough-bench.XXXXXX)
 PIDS=()
 cleanup() {
@@ -53,7 +54,7 @@ trap cleanup EXIT
 
 . benches/lib.sh
 
-FRONT=$(free_port); PT=$(free_port); NG=$(free_port); DP=$(free_port); IP=$(free_port)
+FRONT=$(free_port); PT=$(free_port); NG=$(free_port); DP=$(free_port); IP=$(free_port); FL=$(free_port)
 
 # The upstream: docker-registry with a blob, a config and a manifest.
 start_registry "$WORK/upstream" "$(free_port)"; PIDS+=("$REGISTRY_PID")
@@ -99,7 +100,9 @@ http: { addr: 127.0.0.1:$DP }
 proxy: { remoteurl: "http://127.0.0.1:$FRONT" }
 YML
 env -u AWS_CA_BUNDLE docker-registry serve "$WORK/distribution.yml" >"$WORK/distribution.log" 2>&1 & PIDS+=($!); DP_PID=$!
-for p in $PT $NG $DP; do wait_port "$p"; done
+# The Pingora floor (benches/pingora_floor.rs): the manifest from memory, for (b) only.
+"$FLOOR_BIN" "127.0.0.1:$FL" "$WORK/manifest.json" "$MT" "$MAN" >"$WORK/floor.log" 2>&1 & PIDS+=($!); FL_PID=$!
+for p in $PT $NG $DP $FL; do wait_port "$p"; done
 
 # Loopback ceiling.
 iperf3 -s -p "$IP" -D --logfile "$WORK/iperf.log"
@@ -117,6 +120,7 @@ pids_of() {
     pullthrough) echo "$PT_PID" ;;
     nginx) local m; m=$(cat "$WORK/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')" ;;
     distribution) echo "$DP_PID" ;;
+    floor) echo "$FL_PID" ;;
   esac
 }
 cpu_ticks() { # the server's processes together: user + system CPU time so far, in clock ticks
@@ -127,7 +131,7 @@ TICKS=$(getconf CLK_TCK)
 # (a) and (b): each cache warmed, then $ROUNDS rounds, the servers interleaved within each
 # round (A B C A B C ...), so a slow moment of the machine falls on all of them; each cell is
 # the median of the rounds, with the spread (lowest-highest) beside it.
-port_of() { case $1 in pullthrough) echo "$PT" ;; nginx) echo "$NG" ;; distribution) echo "$DP" ;; esac; }
+port_of() { case $1 in pullthrough) echo "$PT" ;; nginx) echo "$NG" ;; distribution) echo "$DP" ;; floor) echo "$FL" ;; esac; }
 for name in pullthrough nginx distribution; do
   base="http://127.0.0.1:$(port_of $name)/v2/bench/app"
   for u in "$base/blobs/$BIG" "$base/manifests/$MAN" "$base/manifests/v1"; do
@@ -137,14 +141,16 @@ done
 declare -A BLOB_R CPU_GB_R RPS_D_R P99_D_R RPS_T_R P99_T_R RPS_D4_R RPS_T4_R
 for round in $(seq 1 "$ROUNDS"); do
   echo "load.sh: (a), (b) round $round of $ROUNDS" >&2
-  for name in pullthrough nginx distribution; do
+  for name in pullthrough nginx distribution floor; do
     base="http://127.0.0.1:$(port_of $name)/v2/bench/app"
-    t0=$(cpu_ticks $name)
-    out=$(wrk -t2 -c4 -d"${SECS}s" "$base/blobs/$BIG")
-    t1=$(cpu_ticks $name)
-    BLOB_R[$name]+=" $(to_bytes "$(echo "$out" | awk '/Transfer\/sec/{print $2}')")"
-    read_bytes=$(to_bytes "$(echo "$out" | awk '/ read$/{print $(NF-1)}')")
-    CPU_GB_R[$name]+=" $(awk -v t=$((t1 - t0)) -v hz="$TICKS" -v b="$read_bytes" 'BEGIN{ if (b>0) printf "%.3f", t/hz/(b/1e9); else print "nan" }')"
+    if [ $name != floor ]; then
+      t0=$(cpu_ticks $name)
+      out=$(wrk -t2 -c4 -d"${SECS}s" "$base/blobs/$BIG")
+      t1=$(cpu_ticks $name)
+      BLOB_R[$name]+=" $(to_bytes "$(echo "$out" | awk '/Transfer\/sec/{print $2}')")"
+      read_bytes=$(to_bytes "$(echo "$out" | awk '/ read$/{print $(NF-1)}')")
+      CPU_GB_R[$name]+=" $(awk -v t=$((t1 - t0)) -v hz="$TICKS" -v b="$read_bytes" 'BEGIN{ if (b>0) printf "%.3f", t/hz/(b/1e9); else print "nan" }')"
+    fi
     out=$(wrk -t2 -c64 -d"${SECS}s" --latency -H "Accept: $MT" "$base/manifests/$MAN")
     RPS_D_R[$name]+=" $(echo "$out" | awk '/Requests\/sec/{printf "%.0f", $2}')"
     P99_D_R[$name]+=" $(to_ms "$(echo "$out" | awk '$1=="99%"{print $2}')")"
@@ -162,13 +168,15 @@ spread() { # "low-high" of the rounds, formatted by $2 (printf)
   tr ' ' '\n' | grep -v '^$' | sort -g | awk -v f="$1" 'NR==1{lo=$1} {hi=$1} END{printf f "-" f, lo, hi}'
 }
 declare -A BLOB RPS_D P99_D RPS_T P99_T BLOB_S RPS_D_S RPS_T_S CPU_GB RPS_D4 RPS_T4 RPS_D4_S RPS_T4_S
-for name in pullthrough nginx distribution; do
-  BLOB[$name]=$(echo "${BLOB_R[$name]}" | median); BLOB_S[$name]=$(echo "${BLOB_R[$name]}" | awk '{for(i=1;i<=NF;i++) printf " %.2f", $i/1e9}' | spread %.2f)
+for name in pullthrough nginx distribution floor; do
+  if [ $name != floor ]; then # (a) is not the floor's case
+    BLOB[$name]=$(echo "${BLOB_R[$name]}" | median); BLOB_S[$name]=$(echo "${BLOB_R[$name]}" | awk '{for(i=1;i<=NF;i++) printf " %.2f", $i/1e9}' | spread %.2f)
+    CPU_GB[$name]=$(echo "${CPU_GB_R[$name]}" | median)
+  fi
   RPS_D[$name]=$(echo "${RPS_D_R[$name]}" | median); RPS_D_S[$name]=$(echo "${RPS_D_R[$name]}" | spread %d)
   P99_D[$name]=$(echo "${P99_D_R[$name]}" | median)
   RPS_T[$name]=$(echo "${RPS_T_R[$name]}" | median); RPS_T_S[$name]=$(echo "${RPS_T_R[$name]}" | spread %d)
   P99_T[$name]=$(echo "${P99_T_R[$name]}" | median)
-  CPU_GB[$name]=$(echo "${CPU_GB_R[$name]}" | median)
   RPS_D4[$name]=$(echo "${RPS_D4_R[$name]}" | median); RPS_D4_S[$name]=$(echo "${RPS_D4_R[$name]}" | spread %d)
   RPS_T4[$name]=$(echo "${RPS_T4_R[$name]}" | median); RPS_T4_S[$name]=$(echo "${RPS_T4_R[$name]}" | spread %d)
 done
@@ -220,7 +228,7 @@ done
 # (e) three nodes each: a pullthrough cluster (keep_local off, so a hit through a node that
 # does not own the object crosses a peer hop every time), three independent pullthrough nodes,
 # three distribution proxies. The single servers above are stopped first: two cores.
-kill "$PT_PID" "$DP_PID" 2>/dev/null || true; kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+kill "$PT_PID" "$DP_PID" "$FL_PID" 2>/dev/null || true; kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
 head -c 32 /dev/urandom | base64 > "$WORK/cluster.secret"
 declare -A TRIO_PORTS
 CL_PEERS=(); CL_ADMIN=()
@@ -325,6 +333,17 @@ gbps() { awk -v b="$1" 'BEGIN{printf "%.2f", b/1e9}'; }
   echo
   echo "Loopback ceiling (iperf3): $(gbps "$CEIL") GB/s. pullthrough (a) / ceiling: $(ratio "${BLOB[pullthrough]}" "$CEIL")."
   echo
+  echo "(b) beside the floor of any server on Pingora 0.9.1's HTTP/1 stack: \`benches/pingora_floor.rs\`, a ProxyHttp that answers every request from request_filter with the manifest held in memory (same threads and runtime layout as pullthrough; no cache, no routing, no logging), measured in the same rounds."
+  echo
+  echo "| (b) case, req/s | Pingora floor | pullthrough/floor | nginx/floor |"
+  echo "|---|---|---|---|"
+  echo "| manifest by digest, 4 conns | ${RPS_D4[floor]} | $(ratio "${RPS_D4[pullthrough]}" "${RPS_D4[floor]}") | $(ratio "${RPS_D4[nginx]}" "${RPS_D4[floor]}") |"
+  echo "| manifest by tag, 4 conns | ${RPS_T4[floor]} | $(ratio "${RPS_T4[pullthrough]}" "${RPS_T4[floor]}") | $(ratio "${RPS_T4[nginx]}" "${RPS_T4[floor]}") |"
+  echo "| manifest by digest, 64 conns | ${RPS_D[floor]} | $(ratio "${RPS_D[pullthrough]}" "${RPS_D[floor]}") | $(ratio "${RPS_D[nginx]}" "${RPS_D[floor]}") |"
+  echo "| manifest by tag, 64 conns | ${RPS_T[floor]} | $(ratio "${RPS_T[pullthrough]}" "${RPS_T[floor]}") | $(ratio "${RPS_T[nginx]}" "${RPS_T[floor]}") |"
+  echo
+  echo "Floor spread (lowest-highest): 4 conns by digest ${RPS_D4_S[floor]}, by tag ${RPS_T4_S[floor]}; 64 conns by digest ${RPS_D_S[floor]}, by tag ${RPS_T_S[floor]}."
+  echo
   echo "(e) Three nodes each (one thread per pullthrough node), $CLIENTS clients spread over them (client i on node i mod 3) on one cold ${COLD_MIB} MiB blob, paced as (c). The cluster runs with "'`keep_local: false`'", so the hit through a node that does not own the object below crosses a peer hop every time."
   echo
   echo "| case | pullthrough cluster | 3 independent pullthrough | 3 distribution (proxy) |"
@@ -339,7 +358,7 @@ gbps() { awk -v b="$1" 'BEGIN{printf "%.2f", b/1e9}'; }
 } > "$OUT"
 cat "$OUT"
 # Every cell must hold a number: a failed measurement is a failed run.
-if grep -qE '\|  *(\||$)|\| - \||nan' <(sed -n '/^| (/p' "$OUT" | sed 's/| | |$//'); then
+if grep -qE '\|  *(\||$)|\| - \||nan' <(sed -n '/^| (/p;/^| manifest/p' "$OUT" | sed 's/| | |$//'); then
   echo "load.sh: a measurement is missing" >&2
   exit 1
 fi
