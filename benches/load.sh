@@ -46,7 +46,8 @@ FLOOR_BIN=$PWD/target/release/examples/pingora-floor
 WORK=$(mktemp -d /tmp/pullthrough-bench.XXXXXX)
 PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  # SIGINT: Pingora's fast shutdown (SIGTERM would serve out a 300 s grace period).
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
   for f in "$WORK/nginx.pid" "$WORK/front.pid"; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
   [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"
 }
@@ -228,7 +229,7 @@ done
 # (e) three nodes each: a pullthrough cluster (keep_local off, so a hit through a node that
 # does not own the object crosses a peer hop every time), three independent pullthrough nodes,
 # three distribution proxies. The single servers above are stopped first: two cores.
-kill "$PT_PID" "$DP_PID" "$FL_PID" 2>/dev/null || true; kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+kill -INT "$PT_PID" "$DP_PID" "$FL_PID" 2>/dev/null || true; kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
 head -c 32 /dev/urandom | base64 > "$WORK/cluster.secret"
 declare -A TRIO_PORTS
 CL_PEERS=(); CL_ADMIN=()

@@ -547,3 +547,135 @@ async fn client_that_disconnects_does_not_abort_the_fill() {
     assert_eq!(common::sha256(&r.bytes().await.unwrap()), blob);
     assert_eq!(hub.count(STORAGE), 1);
 }
+
+/// Headers that differ between two answers of one entry by design: when, and how old.
+const TIMELY: [&str; 2] = ["date", "age"];
+
+fn lasting_headers(r: &reqwest::Response) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = r
+        .headers()
+        .iter()
+        .filter(|(name, _)| !TIMELY.contains(&name.as_str()))
+        .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+        .collect();
+    headers.sort();
+    headers
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_from_memory_equal_answers_from_disk() {
+    let hub = Hub::start().await;
+    let config_blob = hub.add_blob(noise(2_000, 11));
+    let layer = hub.add_blob(noise(100_000, 12));
+    let manifest = hub.add_image("library/hot", "v1", &[config_blob.clone(), layer.clone()]);
+    let cache = tempfile::tempdir().unwrap();
+    let cfg = config(
+        &hub,
+        &format!("cache: {{ dir: \"{}\" }}\n", cache.path().display()),
+    );
+    let paths = [
+        format!("/v2/library/hot/manifests/{}", manifest.digest),
+        format!("/v2/library/hot/blobs/{config_blob}"),
+        format!("/v2/library/hot/blobs/{layer}"),
+    ];
+    let mirror = Mirror::start(&cfg);
+    let c = common::client(&[], mirror.addr());
+    let tok = hub::pull_token(&c, &mirror, "library/hot", None).await;
+    for p in &paths {
+        get(&c, mirror.url(p), &tok).await.bytes().await.unwrap();
+    }
+    // Filled with a token: readers are admitted once the background probe finds the
+    // repository public, on both paths.
+    hub.wait_for_probe("library/hot").await;
+    drop(mirror);
+
+    // A new process: each entry's first read comes from disk through pingora-cache (and puts
+    // it in memory; the process asks once whether the repository is public, and checks the
+    // token), the next ones from memory, which ask nothing.
+    let mirror = Mirror::start(&cfg);
+    let c = common::client(&[], mirror.addr());
+    let mut from_disk = Vec::new();
+    for p in &paths {
+        let r = get(&c, mirror.url(p), &tok).await;
+        assert_eq!(r.status(), 200, "{p}");
+        from_disk.push((lasting_headers(&r), r.bytes().await.unwrap()));
+    }
+    let upstream = || (hub.count(REGISTRY), hub.count(CDN), hub.count(STORAGE));
+    let before = upstream();
+    let answered = || mirror.log().matches("answered from memory").count();
+    assert_eq!(answered(), 0);
+    for (p, (headers, body)) in paths.iter().zip(&from_disk) {
+        let url = mirror.url(p);
+        let before_memory = answered();
+        let r = get(&c, url.clone(), &tok).await;
+        assert_eq!(
+            answered(),
+            before_memory + 1,
+            "{p}: not answered from memory"
+        );
+        assert_eq!(r.status(), 200, "{p}");
+        assert_eq!(&lasting_headers(&r), headers, "{p}");
+        assert!(r.headers().contains_key("age"), "{p}");
+        assert_eq!(&r.bytes().await.unwrap(), body, "{p}");
+        // A HEAD from memory: the same head, no body.
+        let head = c.head(&url).bearer_auth(&tok).send().await.unwrap();
+        assert_eq!(
+            answered(),
+            before_memory + 2,
+            "{p}: HEAD not answered from memory"
+        );
+        assert_eq!(head.status(), 200, "{p}");
+        assert_eq!(&lasting_headers(&head), headers, "{p}");
+        assert!(head.bytes().await.unwrap().is_empty(), "{p}");
+    }
+    assert_eq!(upstream(), before, "an answer from memory asked upstream");
+    assert!(
+        common::loud_lines(&mirror.log()).is_empty(),
+        "{}",
+        mirror.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_from_memory_keep_entries_in_the_lru() {
+    let hub = Hub::start().await;
+    // Five blobs small enough to be held in memory; four fit in 1 MiB.
+    let blobs: Vec<String> = (0..5)
+        .map(|i| hub.add_blob(noise(240_000, 200 + i)))
+        .collect();
+    let mirror = Mirror::start(&config(&hub, "cache: { max_size: 1MiB }\n"));
+    let c = common::client(&[], mirror.addr());
+    let tok = hub::pull_token(&c, &mirror, "library/lru", None).await;
+    let url = |b: &str| mirror.url(&format!("/v2/library/lru/blobs/{b}"));
+    for b in &blobs[..4] {
+        get(&c, url(b), &tok).await.bytes().await.unwrap();
+    }
+    hub.wait_for_probe("library/lru").await;
+    // Blob 0, the oldest, is read again from memory: blob 1 is now the least recently used.
+    let r = get(&c, url(&blobs[0]), &tok).await;
+    assert_eq!(status_of(&r), "hit");
+    r.bytes().await.unwrap();
+    assert!(mirror.log().contains("answered from memory"));
+    get(&c, url(&blobs[4]), &tok).await.bytes().await.unwrap();
+    let fetched = hub.count(STORAGE);
+    // Eviction purges asynchronously: wait (bounded) until blob 1 is answered as a miss.
+    let mut evicted = String::new();
+    for _ in 0..100 {
+        let r = get(&c, url(&blobs[1]), &tok).await;
+        evicted = status_of(&r);
+        r.bytes().await.unwrap();
+        if evicted == "miss" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(evicted, "miss", "the least recently used entry was kept");
+    let r = get(&c, url(&blobs[0]), &tok).await;
+    assert_eq!(
+        status_of(&r),
+        "hit",
+        "the entry read from memory was evicted"
+    );
+    assert_eq!(common::sha256(&r.bytes().await.unwrap()), blobs[0]);
+    assert_eq!(hub.count(STORAGE), fetched + 1, "only blob 1 came again");
+}

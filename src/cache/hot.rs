@@ -20,7 +20,7 @@ pub(super) const HOT_BODY_MAX: usize = 256 * 1024;
 const HOT_BUDGET: usize = 64 * 1024 * 1024;
 
 /// A small committed entry held in memory as well as on disk.
-pub(super) struct HotEntry {
+pub struct HotEntry {
     /// The serialized meta, as on disk.
     meta: (Vec<u8>, Vec<u8>),
     /// Its response header, decoded once: decoding the stored (zstd-compressed) header took a
@@ -128,6 +128,21 @@ impl HotEntry {
         let mut meta = CacheMeta::deserialize(&self.meta.0, bare)?;
         *meta.response_header_mut() = self.header.clone();
         Ok(meta)
+    }
+
+    /// Until when the entry is fresh, for a meta rebuilt from its times (others: `None`).
+    pub fn plain_fresh_until(&self) -> Option<SystemTime> {
+        self.plain.map(|p| p.fresh_until)
+    }
+
+    /// When the entry was created, for a meta rebuilt from its times (others: `None`).
+    pub fn plain_created(&self) -> Option<SystemTime> {
+        self.plain.map(|p| p.created)
+    }
+
+    /// The stored response header, decoded.
+    pub fn header(&self) -> &ResponseHeader {
+        &self.header
     }
 
     fn weight(&self) -> usize {

@@ -22,12 +22,16 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use log::{info, warn};
 use pingora::cache::eviction::lru::Manager;
-use pingora::cache::eviction::EvictionManager;
+use pingora::cache::eviction::{CacheEntryId, CacheEntryKey, EvictionManager};
+use pingora::cache::key::CacheHashKey;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::CacheKey;
+use pingora::http::ResponseHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::CacheConfig;
+use access::PRIVATE_MARK;
 pub use disk::{DiskStorage, ScannedEntry};
 
 pub use policy::TtlPolicy;
@@ -62,6 +66,44 @@ pub struct Cache {
     index_dir: PathBuf,
     /// The background scan that reconciles the LRU with the disk, and how far it got.
     pub scan: std::sync::Arc<ScanProgress>,
+}
+
+/// A fresh, public entry held in memory, answered without pingora-cache's lookup
+/// (`Cache::hot_hit`, `proxy::hot`).
+pub struct HotHit(std::sync::Arc<hot::HotEntry>);
+
+impl HotHit {
+    /// The stored response as pingora-cache answers a whole hit with it: HTTP/1.1, with its
+    /// `Age` (a plain meta was never revalidated, so its age counts from its creation) and,
+    /// for a 200 of known length, `Accept-Ranges: bytes` (its range filter's answer to a
+    /// request without `Range`). The mirror's internal headers are still in it, for the
+    /// proxy to strip as on every hit.
+    pub fn response_header(&self) -> ResponseHeader {
+        let mut header = self.0.header().clone();
+        let age = self
+            .0
+            .plain_created()
+            .and_then(|c| SystemTime::now().duration_since(c).ok())
+            .unwrap_or_default();
+        // Inserting a number or a static word into a header never fails.
+        let _ = header.insert_header(http::header::AGE, age.as_secs());
+        if header.status == http::StatusCode::OK
+            && header.headers.contains_key(http::header::CONTENT_LENGTH)
+        {
+            let _ = header.insert_header(http::header::ACCEPT_RANGES, "bytes");
+        }
+        header.set_version(http::Version::HTTP_11);
+        header
+    }
+
+    /// The repository it was filled through with credentials (`PRIVATE_MARK`), if it was.
+    pub fn private_mark(&self) -> Option<&http::HeaderValue> {
+        self.0.header().headers.get(PRIVATE_MARK)
+    }
+
+    pub fn body(&self) -> bytes::Bytes {
+        self.0.body.clone()
+    }
 }
 
 /// The start-up work beside serving, as `/stats` shows it.
@@ -145,6 +187,22 @@ impl Cache {
             scan: self.scan.clone(),
             handing_over,
         }
+    }
+
+    /// The committed entry for `key` when it can be answered from memory as it stands: in
+    /// the hot set, no fill of it in progress, fresh, its meta plain (see `hot`). Counted as
+    /// a read in the LRU, as pingora-cache counts a hit (before its hit filter decides).
+    pub fn hot_hit(&self, key: &CacheKey) -> Option<HotHit> {
+        let entry = self.storage.hot_entry(&key.combined_bin())?;
+        let fresh_until = entry.plain_fresh_until()?;
+        // pingora-cache's own test (`CacheMeta::is_fresh`).
+        if fresh_until < SystemTime::now() {
+            return None;
+        }
+        let id = CacheEntryId::new(entry.generation);
+        let read = CacheEntryKey::from_entry_id(key.to_compact(), Some(id));
+        self.eviction.access(&read, entry.body.len(), fresh_until);
+        Some(HotHit(entry))
     }
 }
 

@@ -6,6 +6,7 @@ mod admission;
 mod cluster;
 pub mod ctx;
 pub mod hops;
+mod hot;
 pub mod offline;
 pub mod plan;
 pub mod realms;
@@ -48,6 +49,19 @@ use hops::{HopKind, RedirectOutcome};
 use plan::{Canned, Incoming, Plan};
 use realms::RealmBook;
 use token::UpstreamRealm;
+
+/// The cache key of a registry request on a route: its path and the media types it accepts.
+fn request_cache_key(session: &Session, ctx: &RequestCtx) -> Option<CacheKey> {
+    let (route, path) = (ctx.route.as_deref()?, ctx.registry_path()?);
+    let accept: Vec<&str> = session
+        .req_header()
+        .headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    key::cache_key(route, path, &accept)
+}
 
 /// Log target of every cache decision: `RUST_LOG=pullthrough::cache=debug` explains them.
 const CACHE_LOG: &str = "pullthrough::cache";
@@ -339,7 +353,7 @@ impl ProxyHttp for Mirror {
                     }
                 }
                 self.route_to_owner(ctx);
-                Ok(false)
+                self.answer_hot(session, ctx).await
             }
         }
     }
@@ -365,20 +379,7 @@ impl ProxyHttp for Mirror {
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
-        let (Some(route), Some(path)) = (ctx.route.as_deref(), ctx.registry_path()) else {
-            return Err(Error::explain(
-                InternalError,
-                "cache key for a request without a route",
-            ));
-        };
-        let accept: Vec<&str> = session
-            .req_header()
-            .headers
-            .get_all(header::ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        key::cache_key(route, path, &accept)
+        request_cache_key(session, ctx)
             .ok_or_else(|| Error::explain(InternalError, "request is not cacheable"))
     }
 
@@ -494,9 +495,7 @@ impl ProxyHttp for Mirror {
         };
         resp.insert_header("X-Cache-Status", status)?;
         ctx.cache_status = Some(status);
-        // The stored response's internal headers.
-        resp.remove_header(PRIVATE_MARK);
-        resp.remove_header(SOURCE_HEADER);
+        responses::strip_internal(resp);
         if let Some(path) = ctx.registry_path() {
             debug!(target: CACHE_LOG, "route {}: {path}: {status}", ctx.route_name());
         }

@@ -5,6 +5,8 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
+use crate::cache::access::PRIVATE_MARK;
+use crate::cache::inventory::SOURCE_HEADER;
 use crate::cache::verify::DIGEST_HEADER;
 use crate::registry::{Challenge, ErrorCode, RegistryError};
 
@@ -103,6 +105,13 @@ pub async fn send(session: &mut Session, canned: &Canned) -> Result<u16> {
             Ok(429)
         }
     }
+}
+
+/// Takes the mirror's internal headers (the private mark, the entry's label) out of a
+/// stored response before it goes to a client.
+pub fn strip_internal(resp: &mut ResponseHeader) {
+    resp.remove_header(PRIVATE_MARK);
+    resp.remove_header(SOURCE_HEADER);
 }
 
 /// Writes a registry error, unless a response has already started.

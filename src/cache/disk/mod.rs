@@ -436,6 +436,17 @@ impl DiskStorage {
         }
     }
 
+    /// The in-memory copy of the committed entry for `bin`, when it is in the hot set and no
+    /// fill of it is in progress (a lookup answers from the fill then).
+    pub(crate) fn hot_entry(&self, bin: &HashBinary) -> Option<Arc<HotEntry>> {
+        if self.lock_fills().contains_key(bin) {
+            return None;
+        }
+        let entry = self.lock_hot().entries.get(bin).cloned()?;
+        entry.last_read.store(unix_now(), Ordering::Relaxed);
+        Some(entry)
+    }
+
     /// A reader of the committed entry for `bin`: from the hot set, else from disk (which
     /// puts a small body into the hot set).
     async fn committed_hit(

@@ -1,0 +1,90 @@
+//! Hot hits: a fresh entry the cache holds in memory (its hot set: manifests, configs,
+//! small blobs) is answered from `request_filter`, without pingora-cache's lookup, hit
+//! handler, hit header and range filter, which together were most of a manifest hit's CPU
+//! above Pingora's own floor (`benches/load.sh`, README). An entry filled with credentials
+//! goes to the readers `may_read_private` admits, as on the cache's path. Everything else
+//! takes the cache's path: a range or conditional request, a refused reader, a stale entry,
+//! an entry being filled, a request another member owns, a tag whose pointer had news
+//! (`cache_note`), an entry on disk only (its first read puts it in memory). Both paths
+//! answer the same status, headers and bytes (tests/cache.rs), and `logging` counts and
+//! logs both.
+
+use http::{header, Method};
+use log::debug;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+use super::{responses, Mirror, RequestCtx};
+use crate::cache::HotHit;
+use crate::registry::reference::Reference;
+use crate::registry::V2Path;
+
+/// Request headers that ask for part of a response or a conditional answer: pingora-cache
+/// answers those.
+const PARTIAL_OR_CONDITIONAL: [header::HeaderName; 6] = [
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+];
+
+impl Mirror {
+    /// Answers the request from the hot set when it can (see the module); `false`: nothing
+    /// was sent, the cache's path goes on.
+    pub(super) async fn answer_hot(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        let Some(hit) = self.hot_hit(session, ctx) else {
+            return Ok(false);
+        };
+        // Filled with credentials: the same decision as `cache_hit_filter`'s (a reader it
+        // refuses takes the cache's path, which asks the upstream with its credentials).
+        if let Some(via) = hit.private_mark() {
+            if !self.may_read_private(session, ctx, via.as_bytes()).await {
+                return Ok(false);
+            }
+        }
+        let head_only = session.req_header().method == Method::HEAD;
+        let mut header = hit.response_header();
+        responses::strip_internal(&mut header);
+        header.insert_header("X-Cache-Status", "hit")?;
+        ctx.cache_status = Some("hit");
+        debug!(target: super::CACHE_LOG, "route {}: answered from memory", ctx.route_name());
+        session
+            .write_response_header(Box::new(header), head_only)
+            .await?;
+        if !head_only {
+            session.write_response_body(Some(hit.body()), true).await?;
+        }
+        Ok(true)
+    }
+
+    fn hot_hit(&self, session: &Session, ctx: &RequestCtx) -> Option<HotHit> {
+        let req = session.req_header();
+        if !(req.method == Method::GET || req.method == Method::HEAD)
+            || ctx.owner.is_some()
+            || ctx.cache_note.is_some()
+            || PARTIAL_OR_CONDITIONAL
+                .iter()
+                .any(|h| req.headers.contains_key(h))
+        {
+            return None;
+        }
+        // Content named by its digest: a tag has been turned into its digest by now when its
+        // pointer is known.
+        match ctx.registry_path()? {
+            V2Path::Manifest {
+                reference: Reference::Digest(_),
+                ..
+            }
+            | V2Path::Blob { .. } => {}
+            _ => return None,
+        }
+        let key = super::request_cache_key(session, ctx)?;
+        self.shared.cache.hot_hit(&key)
+    }
+}
