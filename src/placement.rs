@@ -5,8 +5,8 @@
 //! registered with *that* runtime's epoll, while the connection's task is spawned on a
 //! random runtime (`pingora_runtime::current_handle`). For those connections every readiness
 //! event is caught on the accepting thread and handed to the serving thread through an
-//! eventfd: two wake-ups and a context switch per request, the largest single cost of a small
-//! cache hit (`perf`: a third of the server's CPU in task switching at 4 connections).
+//! eventfd: a second thread woken for every request (strace at 4 connections: 0.47 eventfd
+//! writes per request; none with `serve_here`).
 //!
 //! `serve_here` moves a plain TCP connection's registration to the runtime that runs its
 //! task, once, before its first request: the socket is duplicated, the duplicate registered

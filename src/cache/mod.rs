@@ -68,8 +68,8 @@ pub struct Cache {
     pub scan: std::sync::Arc<ScanProgress>,
 }
 
-/// A fresh, public entry held in memory, answered without pingora-cache's lookup
-/// (`Cache::hot_hit`, `proxy::hot`).
+/// A fresh entry held in memory, answered without pingora-cache's lookup (`Cache::hot_hit`,
+/// `proxy::hot`, which decides who may read one filled with credentials).
 pub struct HotHit(std::sync::Arc<hot::HotEntry>);
 
 impl HotHit {

@@ -48,6 +48,11 @@ impl Mirror {
                 return Ok(false);
             }
         }
+        // A body left unread would be drained after the answer, where the head guard counts
+        // it as the next head: close instead, as for the mirror's own answers.
+        if !session.as_downstream_mut().is_body_empty() {
+            session.set_keepalive(None);
+        }
         let head_only = session.req_header().method == Method::HEAD;
         let mut header = hit.response_header();
         responses::strip_internal(&mut header);
