@@ -193,14 +193,16 @@ impl Cache {
     /// the hot set, no fill of it in progress, fresh, its meta plain (see `hot`). Counted as
     /// a read in the LRU, as pingora-cache counts a hit (before its hit filter decides).
     pub fn hot_hit(&self, key: &CacheKey) -> Option<HotHit> {
-        let entry = self.storage.hot_entry(&key.combined_bin())?;
+        // The key is hashed once: the compact key carries the hash its combined form needs.
+        let compact = key.to_compact();
+        let entry = self.storage.hot_entry(&compact.combined_bin())?;
         let fresh_until = entry.plain_fresh_until()?;
         // pingora-cache's own test (`CacheMeta::is_fresh`).
         if fresh_until < SystemTime::now() {
             return None;
         }
         let id = CacheEntryId::new(entry.generation);
-        let read = CacheEntryKey::from_entry_id(key.to_compact(), Some(id));
+        let read = CacheEntryKey::from_entry_id(compact, Some(id));
         self.eviction.access(&read, entry.body.len(), fresh_until);
         Some(HotHit(entry))
     }
