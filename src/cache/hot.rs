@@ -50,15 +50,15 @@ static BARE_HEADER: Lazy<Option<Vec<u8>>> = Lazy::new(|| {
 /// decoding the stored times and a stand-in header on every hit (a sixteenth of a manifest
 /// hit's CPU).
 #[derive(Debug, Clone, Copy)]
-struct PlainMeta {
-    fresh_until: SystemTime,
-    created: SystemTime,
+pub struct PlainMeta {
+    pub fresh_until: SystemTime,
+    pub created: SystemTime,
     stale_while_revalidate_sec: u32,
     stale_if_error_sec: u32,
 }
 
 impl PlainMeta {
-    fn of(meta: &CacheMeta) -> Option<PlainMeta> {
+    pub fn of(meta: &CacheMeta) -> Option<PlainMeta> {
         let plain = meta.updated() == meta.created()
             && meta.provenance() == meta.created()
             && meta.variance().is_none()
@@ -82,35 +82,39 @@ impl PlainMeta {
     }
 }
 
+/// What a hot entry keeps of its decoded meta.
+pub struct Decoded {
+    header: ResponseHeader,
+    plain: Option<PlainMeta>,
+}
+
+impl Decoded {
+    pub fn of(meta: &CacheMeta) -> Decoded {
+        Decoded {
+            header: meta.response_header_copy(),
+            plain: PlainMeta::of(meta),
+        }
+    }
+}
+
 impl HotEntry {
     /// An entry from its stored meta, decoding it once.
     pub fn new(meta: (Vec<u8>, Vec<u8>), body: Bytes, generation: u64) -> Result<HotEntry> {
-        let decoded = CacheMeta::deserialize(&meta.0, &meta.1)?;
-        Ok(HotEntry {
-            plain: PlainMeta::of(&decoded),
-            header: decoded.response_header_copy(),
-            meta,
-            body,
-            generation,
-            last_read: AtomicU32::new(0),
-        })
+        let decoded = Decoded::of(&CacheMeta::deserialize(&meta.0, &meta.1)?);
+        Ok(HotEntry::decoded(meta, decoded, body, generation))
     }
 
-    /// An entry whose header is at hand already decoded.
-    pub fn with_header(
+    /// An entry whose meta is at hand decoded as well as stored.
+    pub fn decoded(
         meta: (Vec<u8>, Vec<u8>),
-        header: ResponseHeader,
+        decoded: Decoded,
         body: Bytes,
         generation: u64,
     ) -> Self {
-        let plain = BARE_HEADER
-            .as_deref()
-            .and_then(|bare| CacheMeta::deserialize(&meta.0, bare).ok())
-            .and_then(|times| PlainMeta::of(&times));
         HotEntry {
             meta,
-            header,
-            plain,
+            header: decoded.header,
+            plain: decoded.plain,
             body,
             generation,
             last_read: AtomicU32::new(0),
@@ -130,14 +134,9 @@ impl HotEntry {
         Ok(meta)
     }
 
-    /// Until when the entry is fresh, for a meta rebuilt from its times (others: `None`).
-    pub fn plain_fresh_until(&self) -> Option<SystemTime> {
-        self.plain.map(|p| p.fresh_until)
-    }
-
-    /// When the entry was created, for a meta rebuilt from its times (others: `None`).
-    pub fn plain_created(&self) -> Option<SystemTime> {
-        self.plain.map(|p| p.created)
+    /// Its times, when its meta is rebuilt from them (see `PlainMeta`).
+    pub fn plain(&self) -> Option<PlainMeta> {
+        self.plain
     }
 
     /// The stored response header, decoded.
@@ -227,8 +226,8 @@ mod tests {
             entry.plain.is_some(),
             "a fill's meta is rebuilt, not decoded"
         );
-        let header = stored.response_header_copy();
-        let by_header = HotEntry::with_header(stored.serialize().unwrap(), header, Bytes::new(), 1);
+        let decoded = Decoded::of(&stored);
+        let by_header = HotEntry::decoded(stored.serialize().unwrap(), decoded, Bytes::new(), 1);
         assert!(by_header.plain.is_some());
         for hit in [entry.meta().unwrap(), by_header.meta().unwrap()] {
             assert_eq!(hit.fresh_until(), stored.fresh_until());

@@ -70,20 +70,21 @@ pub struct Cache {
 
 /// A fresh entry held in memory, answered without pingora-cache's lookup (`Cache::hot_hit`,
 /// `proxy::hot`, which decides who may read one filled with credentials).
-pub struct HotHit(std::sync::Arc<hot::HotEntry>);
+pub struct HotHit {
+    entry: std::sync::Arc<hot::HotEntry>,
+    /// When it was made (a plain meta was never revalidated, so its age counts from here).
+    created: SystemTime,
+}
 
 impl HotHit {
     /// The stored response as pingora-cache answers a whole hit with it: HTTP/1.1, with its
-    /// `Age` (a plain meta was never revalidated, so its age counts from its creation) and,
-    /// for a 200 of known length, `Accept-Ranges: bytes` (its range filter's answer to a
-    /// request without `Range`). The mirror's internal headers are still in it, for the
-    /// proxy to strip as on every hit.
+    /// `Age` and, for a 200 of known length, `Accept-Ranges: bytes` (its range filter's
+    /// answer to a request without `Range`). The mirror's internal headers are still in it,
+    /// for the proxy to strip as on every hit.
     pub fn response_header(&self) -> ResponseHeader {
-        let mut header = self.0.header().clone();
-        let age = self
-            .0
-            .plain_created()
-            .and_then(|c| SystemTime::now().duration_since(c).ok())
+        let mut header = self.entry.header().clone();
+        let age = SystemTime::now()
+            .duration_since(self.created)
             .unwrap_or_default();
         // Inserting a number or a static word into a header never fails.
         let _ = header.insert_header(http::header::AGE, age.as_secs());
@@ -98,11 +99,11 @@ impl HotHit {
 
     /// The repository it was filled through with credentials (`PRIVATE_MARK`), if it was.
     pub fn private_mark(&self) -> Option<&http::HeaderValue> {
-        self.0.header().headers.get(PRIVATE_MARK)
+        self.entry.header().headers.get(PRIVATE_MARK)
     }
 
     pub fn body(&self) -> bytes::Bytes {
-        self.0.body.clone()
+        self.entry.body.clone()
     }
 }
 
@@ -196,15 +197,19 @@ impl Cache {
         // The key is hashed once: the compact key carries the hash its combined form needs.
         let compact = key.to_compact();
         let entry = self.storage.hot_entry(&compact.combined_bin())?;
-        let fresh_until = entry.plain_fresh_until()?;
+        let times = entry.plain()?;
         // pingora-cache's own test (`CacheMeta::is_fresh`).
-        if fresh_until < SystemTime::now() {
+        if times.fresh_until < SystemTime::now() {
             return None;
         }
         let id = CacheEntryId::new(entry.generation);
         let read = CacheEntryKey::from_entry_id(compact, Some(id));
-        self.eviction.access(&read, entry.body.len(), fresh_until);
-        Some(HotHit(entry))
+        self.eviction
+            .access(&read, entry.body.len(), times.fresh_until);
+        Some(HotHit {
+            entry,
+            created: times.created,
+        })
     }
 }
 

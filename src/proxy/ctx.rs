@@ -41,6 +41,8 @@ pub struct RequestCtx {
     pub owner: Option<std::net::SocketAddr>,
     /// Members that could not be reached for this request.
     pub failed_owners: Vec<std::net::SocketAddr>,
+    /// The cache key, when `request_filter` already computed it (`proxy::hot`).
+    pub cache_key: Option<pingora::cache::CacheKey>,
 }
 
 impl RequestCtx {
@@ -64,6 +66,7 @@ impl RequestCtx {
             from_peer: false,
             owner: None,
             failed_owners: Vec::new(),
+            cache_key: None,
         }
     }
 

@@ -68,7 +68,9 @@ impl Mirror {
         Ok(true)
     }
 
-    fn hot_hit(&self, session: &Session, ctx: &RequestCtx) -> Option<HotHit> {
+    /// The hot entry for the request, if it may be answered from memory. A key computed
+    /// for an entry that is not there is kept for the cache's path (`cache_key_callback`).
+    fn hot_hit(&self, session: &Session, ctx: &mut RequestCtx) -> Option<HotHit> {
         let req = session.req_header();
         if !(req.method == Method::GET || req.method == Method::HEAD)
             || ctx.owner.is_some()
@@ -90,6 +92,10 @@ impl Mirror {
             _ => return None,
         }
         let key = super::request_cache_key(session, ctx)?;
-        self.shared.cache.hot_hit(&key)
+        let hit = self.shared.cache.hot_hit(&key);
+        if hit.is_none() {
+            ctx.cache_key = Some(key);
+        }
+        hit
     }
 }

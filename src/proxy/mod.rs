@@ -379,7 +379,9 @@ impl ProxyHttp for Mirror {
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
-        request_cache_key(session, ctx)
+        ctx.cache_key
+            .take()
+            .or_else(|| request_cache_key(session, ctx))
             .ok_or_else(|| Error::explain(InternalError, "request is not cacheable"))
     }
 

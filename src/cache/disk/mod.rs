@@ -41,7 +41,7 @@ use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::prelude::*;
 use tokio::sync::watch;
 
-use super::hot::{HotEntry, HotSet, HOT_BODY_MAX};
+use super::hot::{Decoded, HotEntry, HotSet, HOT_BODY_MAX};
 use super::sidecar::Sidecar;
 use super::verify::{ContentCheck, Verifier};
 use hit::{DiskHit, HandoffReader};
@@ -498,8 +498,8 @@ impl DiskStorage {
         if let Some(body) = body {
             let end = body.len();
             let generation = sidecar.generation;
-            let header = meta.response_header_copy();
-            let entry = HotEntry::with_header(sidecar.meta, header, body.clone(), generation);
+            let entry =
+                HotEntry::decoded(sidecar.meta, Decoded::of(&meta), body.clone(), generation);
             self.lock_hot().fill(bin, entry, seen);
             let hit = DiskHit::Memory {
                 body,
@@ -974,7 +974,7 @@ impl Storage for DiskStorage {
         let bin = key.combined_bin();
         let hash = hex::encode(bin);
         let serialized = meta.serialize()?;
-        let header = meta.response_header_copy();
+        let decoded = Decoded::of(meta);
         blocking(move || -> std::io::Result<bool> {
             let Some((mut sidecar, _)) = self.read_committed(&hash) else {
                 return Ok(false);
@@ -1001,9 +1001,9 @@ impl Storage for DiskStorage {
             let mut hot = self.lock_hot();
             if let Some(entry) = hot.entries.get(&bin).cloned() {
                 if entry.generation == sidecar.generation {
-                    let refreshed = HotEntry::with_header(
+                    let refreshed = HotEntry::decoded(
                         sidecar.meta,
-                        header,
+                        decoded,
                         entry.body.clone(),
                         sidecar.generation,
                     );
