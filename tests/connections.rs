@@ -121,8 +121,13 @@ async fn a_flood_of_huge_unfinished_heads_is_refused_and_costs_little_memory() {
     );
     assert!(
         peak < before + (32 << 20),
-        "200 huge heads took {:.1} MiB",
-        mib(peak - before)
+        "200 huge heads took {:.1} MiB\n{}\n{:#?}",
+        mib(peak - before),
+        std::fs::read_to_string(format!("/proc/{}/status", mirror.pid())).unwrap(),
+        common::loud_lines(&mirror.log())
+            .into_iter()
+            .take(20)
+            .collect::<Vec<_>>()
     );
     assert!(
         after < before + (8 << 20),
@@ -218,6 +223,34 @@ async fn connections_over_the_cap_get_503_until_one_closes() {
     ));
     let c = common::client(&[], mirror.addr());
     let metrics_url = format!("http://127.0.0.1:{admin}/metrics");
+    // The start-up probe's connection (`Mirror::start` waits with a connect) may still be
+    // open and would take one of the four places. Connections are accepted in order, so once
+    // a closing request is answered the probe was accepted before it: wait (bounded) until
+    // both are gone.
+    let r = reqwest::Client::builder().no_proxy().build().unwrap();
+    let served = r
+        .get(mirror.url("/healthz"))
+        .header("connection", "close")
+        .send();
+    assert_eq!(served.await.unwrap().status(), 200);
+    drop(r);
+    let mut open = u64::MAX;
+    for _ in 0..1500 {
+        open = metric(
+            &common::get_text(&c, &metrics_url).await,
+            "pullthrough_connections_open",
+        );
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        open,
+        0,
+        "connections still open before the test:\n{}",
+        mirror.log()
+    );
     let mut idle = Vec::new();
     for _ in 0..4 {
         idle.push(TcpStream::connect(mirror.addr()).await.unwrap());
@@ -234,8 +267,10 @@ async fn connections_over_the_cap_get_503_until_one_closes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        taken, 4,
-        "the mirror did not take the four idle connections"
+        taken,
+        4,
+        "the mirror did not take the four idle connections:\n{}",
+        mirror.log()
     );
     let mut over = TcpStream::connect(mirror.addr()).await.unwrap();
     let answer = read_answer(&mut over).await;

@@ -240,9 +240,15 @@ fn spawn_in(netns: Option<&str>, flags: &[&str], conf: &Path, log: &Path) -> Chi
 }
 
 impl Drop for Mirror {
+    /// Stops the mirror; a test whose mirror panicked anywhere (a task Pingora or tokio
+    /// caught and the process survived) fails, unless it is failing already.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let log = self.log();
+            assert!(!log.contains("panicked at"), "the mirror panicked:\n{log}");
+        }
     }
 }
 
