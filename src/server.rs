@@ -20,6 +20,7 @@ use crate::admin::AdminApp;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::guard::GuardedApp;
+use crate::proxy::express::Express;
 use crate::proxy::realms::RealmBook;
 use crate::proxy::{Mirror, Shared};
 use crate::tls::SniRecorder;
@@ -140,6 +141,7 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }
+    let express = Express::new(shared.clone(), connection_limits);
     let mut proxy = http_proxy(&server.configuration, Mirror::new(shared));
     // HTTP/2 heads get the same size bound (the guard reads HTTP/1 only).
     let mut h2 = default_h2_options();
@@ -147,7 +149,7 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
     proxy.h2_options = Some(h2);
     let mut service = pingora::services::listening::Service::new(
         "pullthrough".into(),
-        GuardedApp::new(proxy, connection_limits),
+        GuardedApp::new(proxy, connection_limits).with_express(express),
     );
     // No L4 read buffer: Pingora's default is 64 KiB per connection, filled by the first
     // bytes a client sends and kept by the allocator after the connection ends (200

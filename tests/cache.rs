@@ -636,6 +636,209 @@ async fn answers_from_memory_equal_answers_from_disk() {
     );
 }
 
+/// Every response on a raw connection until `n` have arrived (each read by its
+/// Content-Length; `heads` marks the ones answering a HEAD): status line, headers, body.
+async fn read_responses(
+    s: &mut tokio::net::TcpStream,
+    heads: &[bool],
+) -> Vec<(String, Vec<(String, String)>, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    for head_only in heads {
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 65536];
+            let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut chunk))
+                .await
+                .expect("an answer in 30 s")
+                .unwrap();
+            assert!(n > 0, "closed after {} answers", out.len());
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8(buf[..end].to_vec()).unwrap();
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap().to_owned();
+        let mut headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (k, v) = l.split_once(':').unwrap();
+                (k.trim().to_ascii_lowercase(), v.trim().to_owned())
+            })
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        let length = if *head_only { 0 } else { length };
+        while buf.len() < end + length {
+            let mut chunk = [0u8; 65536];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed inside a body");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = buf[end..end + length].to_vec();
+        buf.drain(..end + length);
+        headers.retain(|(k, _)| !TIMELY.contains(&k.as_str()));
+        headers.sort();
+        out.push((status, headers, body));
+    }
+    out
+}
+
+/// The express lane (`proxy::express`) answers keep-alive GETs and HEADs of hot entries
+/// itself; a request it does not take (`Connection: close`, a range) goes to Pingora, with
+/// the lane's decision when it made one. Both answer with the same head and bytes, pipelined
+/// requests are answered in order, and a request handed over is admitted once: with one blob
+/// download per client, a range the lane admitted is not refused by a second admission.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_express_lane_answers_as_pingora_does() {
+    use tokio::io::AsyncWriteExt;
+    let hub = Hub::start().await;
+    let config_blob = hub.add_blob(noise(2_000, 21));
+    let layer = hub.add_blob(noise(100_000, 22));
+    let manifest = hub.add_image("library/lane", "v1", &[config_blob.clone(), layer.clone()]);
+    let admin = common::free_port();
+    let mirror = Mirror::start(&config(
+        &hub,
+        &format!(
+            "limits: {{ blob_downloads_per_client: 1 }}\nadmin: {{ listen: \"127.0.0.1:{admin}\" }}\n"
+        ),
+    ));
+    let c = common::client(&[], mirror.addr());
+    let tok = hub::pull_token(&c, &mirror, "library/lane", None).await;
+    let paths = [
+        format!("/v2/library/lane/manifests/{}", manifest.digest),
+        format!("/v2/library/lane/blobs/{config_blob}"),
+        format!("/v2/library/lane/blobs/{layer}"),
+    ];
+    for p in &paths {
+        get(&c, mirror.url(p), &tok).await.bytes().await.unwrap();
+    }
+    hub.wait_for_probe("library/lane").await;
+    for p in &paths {
+        get(&c, mirror.url(p), &tok).await.bytes().await.unwrap();
+    }
+    let before = (hub.count(REGISTRY), hub.count(CDN), hub.count(STORAGE));
+    let express = || {
+        mirror
+            .log()
+            .matches("answered from memory (express lane)")
+            .count()
+    };
+    let from_memory = || mirror.log().matches("answered from memory").count();
+    let metrics = || async {
+        let m = common::get_text(&c, format!("http://127.0.0.1:{admin}/metrics")).await;
+        m.lines()
+            .filter(|l| l.starts_with("pullthrough_requests_total{") && l.contains("cache=\"hit\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let hits_before = metrics().await;
+    for p in &paths {
+        let url = mirror.url(p);
+        for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+            let (lane, memory) = (express(), from_memory());
+            let r = c
+                .request(method.clone(), &url)
+                .bearer_auth(&tok)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                express(),
+                lane + 1,
+                "{method} {p}: not answered by the lane"
+            );
+            let by_lane = (r.status(), lasting_headers(&r), r.bytes().await.unwrap());
+            let r = c
+                .request(method.clone(), &url)
+                .bearer_auth(&tok)
+                .header("connection", "close")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                express(),
+                lane + 1,
+                "{method} {p}: a closing request took the lane"
+            );
+            assert_eq!(
+                from_memory(),
+                memory + 2,
+                "{method} {p}: not answered from memory"
+            );
+            let mut by_pingora = (r.status(), lasting_headers(&r), r.bytes().await.unwrap());
+            // Only the connection's fate differs.
+            by_pingora.1.retain(|(k, _)| k != "connection");
+            let mut by_lane = by_lane;
+            by_lane.1.retain(|(k, _)| k != "connection");
+            assert_eq!(by_lane, by_pingora, "{method} {p}");
+            assert_eq!(by_lane.0, 200, "{method} {p}");
+        }
+    }
+    assert_eq!(metrics().await, hits_before + 12, "hits counted once each");
+
+    // Pipelined on one connection: two hot GETs, a ranged GET of the layer (the lane
+    // decides, Pingora answers), a HEAD from memory again.
+    let mut s = tokio::net::TcpStream::connect(mirror.addr()).await.unwrap();
+    let req = |method: &str, path: &str, extra: &str| {
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {tok}\r\nAccept: {}\r\n{extra}\r\n", common::CLIENT_ACCEPT)
+    };
+    let all = [
+        req("GET", &paths[0], ""),
+        req("GET", &paths[1], ""),
+        req("GET", &paths[2], "Range: bytes=10-19\r\n"),
+        req("HEAD", &paths[0], ""),
+    ]
+    .concat();
+    let lane = express();
+    // The decision's debug line (`proxy::decide`): one per request decided.
+    let decided = || {
+        mirror
+            .log()
+            .matches(&format!("GET {}: route ", paths[2]))
+            .count()
+    };
+    let decided_before = decided();
+    s.write_all(all.as_bytes()).await.unwrap();
+    let answers = read_responses(&mut s, &[false, false, false, true]).await;
+    let statuses: Vec<&str> = answers.iter().map(|a| a.0.as_str()).collect();
+    assert_eq!(
+        statuses,
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 206 Partial Content",
+            "HTTP/1.1 200 OK"
+        ],
+        "{}",
+        mirror.log()
+    );
+    assert_eq!(answers[0].2, manifest.body);
+    assert_eq!(common::sha256(&answers[1].2), config_blob);
+    assert_eq!(answers[2].2, noise(100_000, 22)[10..20]);
+    assert!(answers[3].2.is_empty());
+    assert_eq!(express(), lane + 3, "the lane answered the hot three");
+    assert_eq!(
+        decided(),
+        decided_before + 1,
+        "the ranged GET was decided twice"
+    );
+    assert_eq!(
+        (hub.count(REGISTRY), hub.count(CDN), hub.count(STORAGE)),
+        before,
+        "an answer from memory asked upstream"
+    );
+    assert!(
+        common::loud_lines(&mirror.log()).is_empty(),
+        "{}",
+        mirror.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reads_from_memory_keep_entries_in_the_lru() {
     let hub = Hub::start().await;

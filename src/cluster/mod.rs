@@ -125,6 +125,11 @@ pub fn ring(peers: &[SocketAddr], store: Option<Arc<Store>>) -> LoadBalancer<Ket
 }
 
 impl Cluster {
+    /// Whether a request that came in on `local` came in on this node's peer listener.
+    pub fn is_peer_listener(&self, local: Option<SocketAddr>) -> bool {
+        local == Some(self.node)
+    }
+
     /// This node's view of the cluster over `ring` (see `ring`).
     pub fn new(
         config: ClusterConfig,

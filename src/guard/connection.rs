@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use log::warn;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
@@ -30,6 +30,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::metrics::METRICS;
+use crate::proxy::express::Express;
 
 /// `limits:` keys that bound connections (all per process).
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +63,17 @@ impl Default for ConnectionLimits {
 }
 
 impl ConnectionLimits {
+    /// How long writing `bytes` to a client may take: as Pingora bounds each write, by the
+    /// minimum send rate when one is set, else by `send_timeout`.
+    pub fn send_deadline(&self, bytes: usize) -> Option<Duration> {
+        match self.min_send_rate {
+            Some(rate) if rate > 0 => Some(
+                Duration::from_secs_f64(bytes as f64 / rate as f64).max(Duration::from_secs(1)),
+            ),
+            _ => self.send_timeout,
+        }
+    }
+
     /// Sets the slow-reader bounds on a downstream session (each request: Pingora makes a new
     /// session per request on a keep-alive connection).
     pub fn apply_send_limits(&self, session: &mut pingora::protocols::http::ServerSession) {
@@ -75,9 +87,11 @@ const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n
 const HEAD_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: 88\r\nConnection: close\r\n\r\n{\"errors\":[{\"code\":\"UNSUPPORTED\",\"message\":\"request header timed out\",\"detail\":null}]}\n";
 const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 98\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{\"errors\":[{\"code\":\"UNAVAILABLE\",\"message\":\"too many connections, retry later\",\"detail\":null}]}\n";
 
-/// A `ServerApp` (the proxy) behind the connection bounds.
+/// An HTTP server app (the proxy) behind the connection bounds, its HTTP/1 connections
+/// served through the express lane when it has one (`proxy::express`).
 pub struct GuardedApp<A> {
     inner: Arc<A>,
+    express: Option<Express>,
     limits: ConnectionLimits,
     /// Open connections of this process (bounded by `limits.max_connections`).
     open: Arc<AtomicUsize>,
@@ -90,11 +104,18 @@ impl<A> GuardedApp<A> {
     pub fn new(inner: A, limits: ConnectionLimits) -> GuardedApp<A> {
         GuardedApp {
             inner: Arc::new(inner),
+            express: None,
             limits,
             open: Arc::new(AtomicUsize::new(0)),
             cap_logged: AtomicU64::new(u64::MAX),
             started: Instant::now(),
         }
+    }
+
+    /// Serves HTTP/1 connections through `express`.
+    pub fn with_express(mut self, express: Express) -> GuardedApp<A> {
+        self.express = Some(express);
+        self
     }
 
     /// Counts a new connection in, or refuses it over the cap.
@@ -128,7 +149,7 @@ impl Drop for OpenConnection {
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
     async fn process_new(
         self: &Arc<Self>,
         mut stream: Stream,
@@ -146,12 +167,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
         };
         let stream = crate::placement::serve_here(stream);
         // HTTP/2 frames its own headers (the h2 crate bounds them); the guard reads HTTP/1.
-        let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            stream
-        } else {
-            Box::new(HeadGuard::new(stream, &self.limits))
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        let stream: Stream = Box::new(HeadGuard::new(stream, &self.limits));
+        let reusable = match &self.express {
+            Some(express) => {
+                express.serve(&self.inner, stream, shutdown).await;
+                None
+            }
+            None => self.inner.process_new(stream, shutdown).await,
         };
-        let reusable = self.inner.process_new(stream, shutdown).await;
         drop(ticket);
         reusable
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use log::debug;
-use pingora::proxy::Session;
+use pingora::http::RequestHeader;
 
 use super::{Mirror, RequestCtx, Shared};
 use crate::cache::key::{self, MANIFEST_ACCEPT};
@@ -19,12 +19,8 @@ use crate::upstream::Credentials;
 /// Whether what the upstream answers this request is private to its credentials: it went
 /// with credentials (the client's or the route's), and neither the route (`public: true`)
 /// nor `credentials.share` publishes the repository.
-pub(super) fn learned_privately(session: &Session, ctx: &RequestCtx) -> bool {
-    let with_credentials = ctx.route_credentials
-        || session
-            .req_header()
-            .headers
-            .contains_key(header::AUTHORIZATION);
+pub(super) fn learned_privately(req: &RequestHeader, ctx: &RequestCtx) -> bool {
+    let with_credentials = ctx.route_credentials || req.headers.contains_key(header::AUTHORIZATION);
     let published = ctx.route.as_ref().is_some_and(|r| {
         r.public
             || ctx
@@ -46,7 +42,7 @@ impl Mirror {
     /// through repository `filled_via` (the mark's value).
     pub(super) async fn may_read_private(
         &self,
-        session: &Session,
+        req: &RequestHeader,
         ctx: &RequestCtx,
         filled_via: &[u8],
     ) -> bool {
@@ -62,7 +58,7 @@ impl Mirror {
         let s = &self.shared;
         let book = &s.cache.access;
         let repo = repo.as_str();
-        let credential = session.req_header().headers.get(header::AUTHORIZATION);
+        let credential = req.headers.get(header::AUTHORIZATION);
         if filled_via != repo.as_bytes() {
             return s
                 .may_read_through(route, repo, &path, credential, probe)

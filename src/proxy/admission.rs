@@ -5,12 +5,9 @@ use super::*;
 
 impl Mirror {
     /// The client: its address and forwarded scheme, believed only from trusted proxies.
-    pub(super) fn client_info(&self, session: &Session) -> ClientInfo {
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-        let headers = &session.req_header().headers;
+    pub(super) fn client_info(&self, peer: Option<IpAddr>, req: &RequestHeader) -> ClientInfo {
+        let peer = peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let headers = &req.headers;
         let forwarded_for = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
         let forwarded_proto = headers
             .get("x-forwarded-proto")

@@ -12,23 +12,14 @@ use crate::upstream::Origin;
 
 impl Mirror {
     /// On the peer listener, only requests a member signed pass (403 otherwise); they are
-    /// marked as from a peer and never forwarded again. On the public listeners a peer
-    /// header means nothing and is dropped, so a client cannot pass for a peer.
+    /// marked as from a peer and never forwarded again. (On the public listeners a peer
+    /// header means nothing: `sanitize` drops it.)
     pub(super) fn peer_gate(
         &self,
-        session: &mut Session,
+        req: &RequestHeader,
         cluster: &Cluster,
         ctx: &mut RequestCtx,
     ) -> std::result::Result<(), RegistryError> {
-        let on_peer_listener = session
-            .server_addr()
-            .and_then(|a| a.as_inet())
-            .is_some_and(|a| *a == cluster.node);
-        if !on_peer_listener {
-            session.req_header_mut().remove_header(PEER_HEADER);
-            return Ok(());
-        }
-        let req = session.req_header();
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let signed = req.headers.get(PEER_HEADER).and_then(|v| v.to_str().ok());
         let verdict = cluster.signer.verify(

@@ -43,6 +43,8 @@ pub struct RequestCtx {
     pub failed_owners: Vec<std::net::SocketAddr>,
     /// The cache key, when `request_filter` already computed it (`proxy::hot`).
     pub cache_key: Option<pingora::cache::CacheKey>,
+    /// What the express lane decided for a request it handed to Pingora (`proxy::express`).
+    pub decided: Option<super::Decision>,
 }
 
 impl RequestCtx {
@@ -67,6 +69,7 @@ impl RequestCtx {
             owner: None,
             failed_owners: Vec::new(),
             cache_key: None,
+            decided: None,
         }
     }
 

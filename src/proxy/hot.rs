@@ -11,6 +11,7 @@
 
 use http::{header, Method};
 use log::debug;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
@@ -30,33 +31,30 @@ const PARTIAL_OR_CONDITIONAL: [header::HeaderName; 6] = [
     header::IF_UNMODIFIED_SINCE,
 ];
 
+/// The response head of a hot hit, as the cache's path writes it (before Pingora adds
+/// `Date` and `Connection`).
+pub fn response_header(hit: &HotHit) -> Result<ResponseHeader> {
+    let mut header = hit.response_header();
+    responses::strip_internal(&mut header);
+    header.insert_header("X-Cache-Status", "hit")?;
+    Ok(header)
+}
+
 impl Mirror {
-    /// Answers the request from the hot set when it can (see the module); `false`: nothing
-    /// was sent, the cache's path goes on.
+    /// Answers a request Pingora read with a hot hit (`decide` found it).
     pub(super) async fn answer_hot(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-    ) -> Result<bool> {
-        let Some(hit) = self.hot_hit(session, ctx) else {
-            return Ok(false);
-        };
-        // Filled with credentials: the same decision as `cache_hit_filter`'s (a reader it
-        // refuses takes the cache's path, which asks the upstream with its credentials).
-        if let Some(via) = hit.private_mark() {
-            if !self.may_read_private(session, ctx, via.as_bytes()).await {
-                return Ok(false);
-            }
-        }
+        hit: HotHit,
+    ) -> Result<()> {
         // A body left unread would be drained after the answer, where the head guard counts
         // it as the next head: close instead, as for the mirror's own answers.
         if !session.as_downstream_mut().is_body_empty() {
             session.set_keepalive(None);
         }
         let head_only = session.req_header().method == Method::HEAD;
-        let mut header = hit.response_header();
-        responses::strip_internal(&mut header);
-        header.insert_header("X-Cache-Status", "hit")?;
+        let header = response_header(&hit)?;
         ctx.cache_status = Some("hit");
         debug!(target: super::CACHE_LOG, "route {}: answered from memory", ctx.route_name());
         session
@@ -65,13 +63,17 @@ impl Mirror {
         if !head_only {
             session.write_response_body(Some(hit.body()), true).await?;
         }
-        Ok(true)
+        Ok(())
     }
 
-    /// The hot entry for the request, if it may be answered from memory. A key computed
-    /// for an entry that is not there is kept for the cache's path (`cache_key_callback`).
-    fn hot_hit(&self, session: &Session, ctx: &mut RequestCtx) -> Option<HotHit> {
-        let req = session.req_header();
+    /// The hot entry for the request, if it may be answered from memory (see the module). A
+    /// key computed for an entry that is not there is kept for the cache's path
+    /// (`cache_key_callback`).
+    pub(super) async fn hot_hit(
+        &self,
+        req: &RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Option<HotHit> {
         if !(req.method == Method::GET || req.method == Method::HEAD)
             || ctx.owner.is_some()
             || ctx.cache_note.is_some()
@@ -91,11 +93,19 @@ impl Mirror {
             | V2Path::Blob { .. } => {}
             _ => return None,
         }
-        let key = super::request_cache_key(session, ctx)?;
-        let hit = self.shared.cache.hot_hit(&key);
-        if hit.is_none() {
+        let key = super::request_cache_key(req, ctx)?;
+        let Some(hit) = self.shared.cache.hot_hit(&key) else {
             ctx.cache_key = Some(key);
+            return None;
+        };
+        // Filled with credentials: the same decision as `cache_hit_filter`'s (a reader it
+        // refuses takes the cache's path, which asks the upstream with its credentials).
+        if let Some(via) = hit.private_mark() {
+            if !self.may_read_private(req, ctx, via.as_bytes()).await {
+                ctx.cache_key = Some(key);
+                return None;
+            }
         }
-        hit
+        Some(hit)
     }
 }

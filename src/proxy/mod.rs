@@ -5,6 +5,8 @@ mod access;
 mod admission;
 mod cluster;
 pub mod ctx;
+mod decide;
+pub mod express;
 pub mod hops;
 mod hot;
 pub mod offline;
@@ -45,16 +47,16 @@ use crate::upstream::{Credentials, Resolver};
 
 use access::learned_privately;
 pub use ctx::RequestCtx;
+pub use decide::{Arrival, Decision};
 use hops::{HopKind, RedirectOutcome};
 use plan::{Canned, Incoming, Plan};
 use realms::RealmBook;
 use token::UpstreamRealm;
 
 /// The cache key of a registry request on a route: its path and the media types it accepts.
-fn request_cache_key(session: &Session, ctx: &RequestCtx) -> Option<CacheKey> {
+fn request_cache_key(req: &RequestHeader, ctx: &RequestCtx) -> Option<CacheKey> {
     let (route, path) = (ctx.route.as_deref()?, ctx.registry_path()?);
-    let accept: Vec<&str> = session
-        .req_header()
+    let accept: Vec<&str> = req
         .headers
         .get_all(header::ACCEPT)
         .iter()
@@ -142,6 +144,11 @@ fn client_host(req: &RequestHeader) -> Option<&str> {
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+/// Whether the request came in over TLS.
+fn over_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
 /// Records why the request fails and returns the error that stops proxying.
@@ -236,125 +243,28 @@ impl ProxyHttp for Mirror {
             .guard
             .connections()
             .apply_send_limits(session.as_downstream_mut());
-        // The mirror's offline token stands for no credential (see `offline`).
-        if session
-            .req_header()
-            .headers
-            .get(header::AUTHORIZATION)
-            .is_some_and(offline::is_offline_token)
-        {
-            session
-                .req_header_mut()
-                .remove_header(&header::AUTHORIZATION);
-        }
-        if let Some(cluster) = self.shared.cluster.as_ref() {
-            if let Err(refused) = self.peer_gate(session, cluster, ctx) {
-                session.set_keepalive(None);
-                responses::send(session, &Canned::Error(refused)).await?;
-                return Ok(true);
+        let local = Arrival::of(session).local;
+        self.sanitize(session.req_header_mut(), local);
+        // Decided already when the express lane read the request and handed it over.
+        let decision = match ctx.decided.take() {
+            Some(decision) => decision,
+            None => {
+                let arrival = Arrival::of(session);
+                self.decide(session.req_header(), &arrival, ctx).await
             }
-        }
-        let client = self.client_info(session);
-        ctx.client = Some(client);
-        let sni = session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .and_then(|t| t.extension.get::<SniName>())
-            .map(|n| n.0.as_str());
-        let req = session.req_header();
-        let incoming = Incoming {
-            method: &req.method,
-            path: req.uri.path(),
-            query: req.uri.query(),
-            host: client_host(req),
-            sni,
         };
-        let plan = match self.admit(
-            client,
-            &req.method,
-            plan::plan(&self.shared.routes, incoming),
-            ctx.from_peer,
-        ) {
-            Ok((plan, slot)) => {
-                ctx.download_slot = slot;
-                plan
-            }
-            Err(refusal) => Plan::Respond(refusal),
-        };
-        match plan {
-            Plan::Respond(canned) => {
-                debug!(
-                    "{} {}: answered by the mirror: {canned:?}",
-                    req.method,
-                    req.uri.path()
-                );
-                // A body left unread would be drained after the answer, where the head guard
-                // counts it as the next head: close instead (the mirror takes no uploads).
-                if !session.as_downstream_mut().is_body_empty() {
-                    session.set_keepalive(None);
-                }
-                responses::send(session, &canned).await?;
-                Ok(true)
-            }
-            Plan::Forward { route, via, target } => {
-                // A token request's hop depends on the realm learned so far; a registry
-                // request's is built when it goes upstream (`RequestCtx::next_hop`).
-                if matches!(target, plan::Target::Token { .. }) {
-                    let realm = self.shared.realms.get(&route.name);
-                    let hop = hops::first_hop(&route, &target, realm.as_deref()).map_err(|e| {
-                        fail(
-                            ctx,
-                            RegistryError::bad_gateway(format!("bad upstream realm: {e}")),
-                        )
-                    })?;
-                    ctx.hop = Some(hop);
-                }
-                debug!(
-                    "{} {}: route {} by {via}, upstream {}",
-                    req.method,
-                    req.uri.path(),
-                    route.name,
-                    match &ctx.hop {
-                        Some(hop) => format!("{} ({:?})", hop.url(), hop.kind),
-                        None => format!(
-                            "{}{} (Registry)",
-                            route.upstream,
-                            target.registry_path_and_query()
-                        ),
-                    },
-                );
-                ctx.route = Some(route);
-                ctx.via = Some(via);
-                ctx.target = Some(target);
-                if !session
-                    .req_header()
-                    .headers
-                    .contains_key(header::AUTHORIZATION)
-                {
-                    self.decide_route_credentials(ctx).await;
-                }
-                if self.shared.outages.is_down(ctx.route_name()) {
-                    if let Some(canned) = self.offline_answer(session, ctx) {
-                        debug!(
-                            "route {}: upstream down: answered by the mirror: {canned:?}",
-                            ctx.route_name()
-                        );
-                        responses::send(session, &canned).await?;
-                        return Ok(true);
-                    }
-                }
-                let method = &session.req_header().method;
-                if (method == http::Method::GET || method == http::Method::HEAD)
-                    && ctx.registry_path().is_some_and(policy::is_tag)
-                {
-                    if let Some(canned) = self.follow_tag_pointer(session, ctx).await {
-                        responses::send(session, &canned).await?;
-                        return Ok(true);
-                    }
-                }
-                self.route_to_owner(ctx);
-                self.answer_hot(session, ctx).await
-            }
+        self.act(session, ctx, decision).await
+    }
+
+    /// A request the express lane read comes with its context and decision (`proxy::express`).
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        prev_ctx: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Ok(decided) = prev_ctx.downcast::<RequestCtx>() {
+            *ctx = *decided;
         }
     }
 
@@ -381,7 +291,7 @@ impl ProxyHttp for Mirror {
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
         ctx.cache_key
             .take()
-            .or_else(|| request_cache_key(session, ctx))
+            .or_else(|| request_cache_key(session.req_header(), ctx))
             .ok_or_else(|| Error::explain(InternalError, "request is not cacheable"))
     }
 
@@ -443,7 +353,7 @@ impl ProxyHttp for Mirror {
         let now = std::time::SystemTime::now();
         let stale_if_error = ttl.stale_if_error(path).as_secs() as u32;
         let mut stored = resp.clone();
-        if learned_privately(session, ctx) {
+        if learned_privately(session.req_header(), ctx) {
             // The mark names the repository it was filled through (one copy per digest:
             // another repository's readers are checked for that repository).
             stored.insert_header(PRIVATE_MARK, path.name().map_or("", |n| n.as_str()))?;
@@ -472,7 +382,10 @@ impl ProxyHttp for Mirror {
     ) -> Result<Option<ForcedFreshness>> {
         // A HeaderValue clone shares its bytes: no copy per private hit.
         if let Some(via) = meta.headers().get(PRIVATE_MARK).cloned() {
-            if !self.may_read_private(session, ctx, via.as_bytes()).await {
+            if !self
+                .may_read_private(session.req_header(), ctx, via.as_bytes())
+                .await
+            {
                 // The upstream decides: with the client's own (missing or refused) credentials
                 // the answer is its 401, relayed as the mirror's challenge.
                 return Ok(Some(ForcedFreshness::ForceMiss));
@@ -693,7 +606,8 @@ impl ProxyHttp for Mirror {
             self.shared.outages.mark_down(ctx.route_name(), why);
         }
         if ctx.route.is_some() && self.shared.outages.is_down(ctx.route_name()) {
-            if let Some(canned) = self.offline_answer(session, ctx) {
+            let offline = self.offline_answer(session.req_header(), over_tls(session), ctx);
+            if let Some(canned) = offline {
                 debug!(
                     "route {}: upstream failed ({why}): answered by the mirror: {canned:?}",
                     ctx.route_name()
@@ -759,15 +673,29 @@ impl ProxyHttp for Mirror {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let req = session.req_header();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let sent = session.body_bytes_sent();
+        self.finished(session.req_header(), status, sent, e, ctx);
+    }
+}
+
+impl Mirror {
+    /// Counts and logs a finished request (`status` 0: no response was written), whoever
+    /// answered it: Pingora (`logging`) or the express lane.
+    pub fn finished(
+        &self,
+        req: &RequestHeader,
+        status: u16,
+        body_bytes_sent: usize,
+        e: Option<&Error>,
+        ctx: &RequestCtx,
+    ) {
         let failure = match (e, &ctx.failure) {
             (_, Some(f)) => Some(f.message.as_str()),
             (Some(e), None) => Some(e.etype().as_str()),
             _ => None,
         };
-        let error = failure.map_or(String::new(), |f| format!(" error={f:?}"));
-        record_metrics(ctx, status, session.body_bytes_sent());
+        record_metrics(ctx, status, body_bytes_sent);
         self.shared.activity.record(&crate::activity::Finished {
             route: ctx.route_name(),
             repository: ctx
@@ -778,7 +706,7 @@ impl ProxyHttp for Mirror {
             status,
             upstream_answered: ctx.upstream_answered.is_some(),
             from_cache: matches!(ctx.cache_status, Some("hit" | "stale" | "revalidated")),
-            bytes: session.body_bytes_sent() as u64,
+            bytes: body_bytes_sent as u64,
             failure,
         });
         if e.is_some_and(|e| e.etype() == &ErrorType::WriteTimedout) {
@@ -786,14 +714,14 @@ impl ProxyHttp for Mirror {
         }
         info!(
             target: "pullthrough::access",
-            "{} {} route={} via={} status={status} bytes={} redirects={} ms={}{error}",
+            "{} {} route={} via={} status={status} bytes={body_bytes_sent} redirects={} ms={}{}",
             req.method,
             req.uri.path(),
             ctx.route_name(),
             ctx.via.map_or("-".to_owned(), |v| v.to_string()),
-            session.body_bytes_sent(),
             ctx.redirects_followed,
             ctx.started.elapsed().as_millis(),
+            failure.map_or(String::new(), |f| format!(" error={f:?}")),
         );
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use log::warn;
-use pingora::proxy::Session;
+use pingora::http::RequestHeader;
 
 use super::plan::{Canned, Target};
 use super::{Mirror, RequestCtx};
@@ -115,7 +115,12 @@ impl Outages {
 impl Mirror {
     /// The mirror's own answer to a request the upstream cannot answer now, when it has one
     /// (`/v2/` and token requests; content comes from the cache or not at all).
-    pub(super) fn offline_answer(&self, session: &Session, ctx: &RequestCtx) -> Option<Canned> {
+    pub(super) fn offline_answer(
+        &self,
+        req: &RequestHeader,
+        tls: bool,
+        ctx: &RequestCtx,
+    ) -> Option<Canned> {
         match ctx.target.as_ref()? {
             Target::Registry {
                 path: V2Path::Ping, ..
@@ -123,7 +128,7 @@ impl Mirror {
                 let route = ctx.route.as_ref()?;
                 Some(match self.shared.realms.get(&route.name) {
                     Some(realm) => Canned::Challenge {
-                        realm: self.mirror_realm(session, ctx),
+                        realm: self.mirror_realm(req, tls, ctx),
                         service: realm.service.clone(),
                     },
                     None => Canned::ApiVersion,

@@ -77,10 +77,9 @@ fn settle<T>(
 /// What a tag lookup sends: the client's credentials and `Accept` (the pointer's known type
 /// when the client names none).
 fn lookup_headers<'a>(
-    session: &'a Session,
+    req: &'a RequestHeader,
     known_type: Option<&'a HeaderValue>,
 ) -> Vec<(http::HeaderName, &'a HeaderValue)> {
-    let req = session.req_header();
     let mut headers = Vec::new();
     for name in [header::AUTHORIZATION, header::ACCEPT] {
         for value in req.headers.get_all(&name) {
@@ -137,11 +136,10 @@ impl Mirror {
     /// pointer recent enough stands in.
     pub(super) async fn follow_tag_pointer(
         &self,
-        session: &Session,
+        req: &RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Option<Canned> {
         let route = ctx.route.clone()?;
-        let req = session.req_header();
         let accept: Vec<&str> = req
             .headers
             .get_all(header::ACCEPT)
@@ -154,10 +152,10 @@ impl Mirror {
         let bin = key.combined_bin();
         let known = s.cache.read_pointer(&key, bin).await;
         if let Some(pointer) = known.as_ref().filter(|p| p.age() < ttl.tag_ttl) {
-            if !self.may_follow(session, ctx, pointer).await {
+            if !self.may_follow(req, ctx, pointer).await {
                 return None;
             }
-            return self.point_to(session, ctx, pointer, "hit");
+            return self.point_to(req, ctx, pointer, "hit");
         }
         let path = ctx.registry_path().cloned()?;
         let label = Label::of_pointer(&path)?.to_string();
@@ -189,7 +187,7 @@ impl Mirror {
                 // In a cluster the tag's owner learns it, once for every node.
                 let from_owner = match self.tag_owner(ctx) {
                     Some(owner) => {
-                        self.ask_owner(session, &route, owner, &target_path, known_type)
+                        self.ask_owner(req, &route, owner, &target_path, known_type)
                             .await
                     }
                     None => None,
@@ -198,15 +196,15 @@ impl Mirror {
                 let mut check = match from_owner {
                     Some(check) => check,
                     None => {
-                        self.ask_pointer(session, &route, &target_path, known_type)
+                        self.ask_pointer(req, &route, &target_path, known_type)
                             .await
                     }
                 };
                 if let PointerCheck::Found(pointer) = &mut check {
-                    pointer.private = learned_privately(session, ctx);
+                    pointer.private = learned_privately(req, ctx);
                     // Granted before anyone waiting on this lookup follows the pointer, so
                     // a waiter with the same credentials needs no access check of its own.
-                    self.granted_by_answer(session, ctx, pointer);
+                    self.granted_by_answer(req, ctx, pointer);
                     s.cache.write_pointer(&key, pointer, &label).await;
                     if let Some(store) = s.store().filter(|_| asked_upstream) {
                         store
@@ -221,7 +219,7 @@ impl Mirror {
         settle(&s.tag_checks.pointers, bin, &cell);
         let (pointer, served) = match (outcome, known) {
             (PointerCheck::Found(pointer), known) => {
-                if !asked && !self.may_follow(session, ctx, &pointer).await {
+                if !asked && !self.may_follow(req, ctx, &pointer).await {
                     return None;
                 }
                 // A pointer asked again: what the cache serves for it was revalidated.
@@ -246,7 +244,7 @@ impl Mirror {
                     );
                     return None;
                 }
-                if !self.may_follow(session, ctx, &last).await {
+                if !self.may_follow(req, ctx, &last).await {
                     return None;
                 }
                 warn!(target: CACHE_LOG,
@@ -257,7 +255,7 @@ impl Mirror {
             }
             (PointerCheck::Unavailable(_) | PointerCheck::NotFound, _) => return None,
         };
-        self.point_to(session, ctx, &pointer, served)
+        self.point_to(req, ctx, &pointer, served)
     }
 
     /// A pointer another node learned from the upstream within `cache.tag_ttl` and shared
@@ -276,23 +274,28 @@ impl Mirror {
     /// Whether this reader may follow a pointer: always when anyone could have learned it,
     /// else under the access rules of private content (grant, public verdict, or one HEAD
     /// with the reader's credentials). Not followed, the request goes upstream as it came.
-    async fn may_follow(&self, session: &Session, ctx: &RequestCtx, pointer: &TagPointer) -> bool {
+    async fn may_follow(
+        &self,
+        req: &RequestHeader,
+        ctx: &RequestCtx,
+        pointer: &TagPointer,
+    ) -> bool {
         if !pointer.private {
             return true;
         }
         let repo = ctx.registry_path().and_then(|p| p.name());
         let via = repo.map_or("", |r| r.as_str());
-        self.may_read_private(session, ctx, via.as_bytes()).await
+        self.may_read_private(req, ctx, via.as_bytes()).await
     }
 
     /// The upstream just answered this reader's own credentials for the tag: remember the
     /// grant, so the digest it points to (filled with credentials) needs no second HEAD.
-    fn granted_by_answer(&self, session: &Session, ctx: &RequestCtx, pointer: &TagPointer) {
+    fn granted_by_answer(&self, req: &RequestHeader, ctx: &RequestCtx, pointer: &TagPointer) {
         let (true, Some(route), Some(repo), Some(credential)) = (
             pointer.private,
             ctx.route.as_deref(),
             ctx.registry_path().and_then(|p| p.name()),
-            session.req_header().headers.get(header::AUTHORIZATION),
+            req.headers.get(header::AUTHORIZATION),
         ) else {
             return;
         };
@@ -307,7 +310,7 @@ impl Mirror {
     /// pointer's digest (served from its entry: `served` stands when that is a hit).
     fn point_to(
         &self,
-        session: &Session,
+        req: &RequestHeader,
         ctx: &mut RequestCtx,
         pointer: &TagPointer,
         served: &'static str,
@@ -318,7 +321,7 @@ impl Mirror {
             ctx.registry_path().map(|p| p.to_string()).unwrap_or_default(),
             pointer.digest
         );
-        if session.req_header().method == http::Method::HEAD {
+        if req.method == http::Method::HEAD {
             if let Some(head) = TagHead::of(pointer, served) {
                 ctx.cache_status = Some(served);
                 return Some(Canned::TagHead(head));
@@ -345,7 +348,7 @@ impl Mirror {
     /// owner cannot be reached: this node asks the upstream itself.
     async fn ask_owner(
         &self,
-        session: &Session,
+        req: &RequestHeader,
         route: &Route,
         owner: std::net::SocketAddr,
         path_and_query: &str,
@@ -361,7 +364,7 @@ impl Mirror {
             std::time::SystemTime::now(),
         );
         let signed = HeaderValue::from_str(&signed).ok()?;
-        let mut headers = lookup_headers(session, known_type);
+        let mut headers = lookup_headers(req, known_type);
         headers.push((
             http::HeaderName::from_static(crate::cluster::PEER_HEADER),
             &signed,
@@ -406,12 +409,12 @@ impl Mirror {
     /// and `Accept` (the pointer's type when the client names none).
     async fn ask_pointer(
         &self,
-        session: &Session,
+        req: &RequestHeader,
         route: &Route,
         path_and_query: &str,
         known_type: Option<&HeaderValue>,
     ) -> PointerCheck {
-        let headers = lookup_headers(session, known_type);
+        let headers = lookup_headers(req, known_type);
         let s = &self.shared;
         if s.outages.is_down(&route.name) {
             return PointerCheck::Unavailable("the upstream is down".into());

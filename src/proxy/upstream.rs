@@ -5,8 +5,7 @@ use super::*;
 
 impl Mirror {
     /// The realm clients are sent to: this mirror's `/v2/auth`, on the name they used.
-    pub(super) fn mirror_realm(&self, session: &Session, ctx: &RequestCtx) -> String {
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    pub(super) fn mirror_realm(&self, req: &RequestHeader, tls: bool, ctx: &RequestCtx) -> String {
         let forwarded_https = ctx.client.and_then(|c| c.forwarded_https);
         let scheme = self
             .shared
@@ -15,7 +14,7 @@ impl Mirror {
                 (Some(true), _) | (None, true) => Scheme::Https,
                 _ => Scheme::Http,
             });
-        let host = client_host(session.req_header()).unwrap_or("localhost");
+        let host = client_host(req).unwrap_or("localhost");
         format!("{}://{host}/v2/auth", scheme.as_str())
     }
 
@@ -70,7 +69,7 @@ impl Mirror {
         let prefix = ctx.target.as_ref().and_then(|t| t.client_prefix());
         let ours = rewrite_challenge(
             &upstream,
-            &self.mirror_realm(session, ctx),
+            &self.mirror_realm(session.req_header(), over_tls(session), ctx),
             |s| match prefix {
                 Some(p) if s.is_repository() => s.with_name(format!("{p}/{}", s.name)),
                 _ => s.clone(),
@@ -105,7 +104,10 @@ impl Mirror {
             } else {
                 outages.mark_down(ctx.route_name(), &format!("answered {status}"));
                 // `/v2/` and tokens: the mirror answers them itself (`fail_to_proxy`).
-                if self.offline_answer(session, ctx).is_some() {
+                if self
+                    .offline_answer(session.req_header(), over_tls(session), ctx)
+                    .is_some()
+                {
                     return Err(Error::explain(
                         HTTPStatus(status),
                         format!("upstream answered {status}"),

@@ -1,0 +1,335 @@
+//! The express lane: the mirror reads each HTTP/1 request head itself and answers hot hits
+//! (`proxy::hot`) straight from memory, without Pingora's per-request session, cache state
+//! machine and hooks, which cost more than the whole answer. Everything else goes to
+//! Pingora unchanged: the head bytes already read are handed over as the start of the next
+//! request (`set_pipelined_prefix`), and a request the lane decided about carries its
+//! context and decision along (`on_connection_reuse`), so nothing is admitted, counted or
+//! looked up twice.
+//!
+//! The lane answers only what it fully understands: a GET or HEAD over HTTP/1.1 without a
+//! body, `Expect`, `Upgrade` or `Connection: close`, while the process is not draining. The
+//! answer is what the cache's path writes (`tests/cache.rs` compares them): the entry's
+//! head, `Age`, `Accept-Ranges`, `X-Cache-Status: hit`, with `Date` and `Connection` as
+//! Pingora adds them. Each answer is counted and logged as Pingora's are (`Mirror::finished`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, BytesMut};
+use http::{header, HeaderName, HeaderValue, Method};
+use log::debug;
+use pingora::apps::HttpServerApp;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::tls::SslDigest;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{hot, Arrival, Decision, Mirror, RequestCtx, Shared};
+use crate::cache::HotHit;
+use crate::guard::ConnectionLimits;
+use crate::tls::SniName;
+
+/// How long a kept-alive connection may wait for its next request (Pingora's default).
+const KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// Headers a request head may have (Pingora's bound).
+const MAX_HEADERS: usize = 256;
+
+/// Bytes a connection's head buffer reserves per read.
+const READ_CHUNK: usize = 4096;
+
+/// Request headers that make the lane hand a request over unread: a body, an interim answer
+/// or a protocol switch is Pingora's to handle.
+const NOT_EXPRESS: [HeaderName; 3] = [header::TRANSFER_ENCODING, header::EXPECT, header::UPGRADE];
+
+/// The express lane of one proxy service.
+pub struct Express {
+    mirror: Mirror,
+    limits: ConnectionLimits,
+}
+
+/// What the lane knows of a connection, once.
+struct Connection {
+    peer: Option<IpAddr>,
+    local: Option<SocketAddr>,
+    ssl: Option<Arc<SslDigest>>,
+}
+
+impl Connection {
+    fn of(stream: &Stream) -> Connection {
+        let socket = stream.get_socket_digest();
+        let inet = |a: Option<&pingora::protocols::l4::socket::SocketAddr>| {
+            a.and_then(|a| a.as_inet()).copied()
+        };
+        Connection {
+            peer: inet(socket.as_ref().and_then(|s| s.peer_addr())).map(|a| a.ip()),
+            local: inet(socket.as_ref().and_then(|s| s.local_addr())),
+            ssl: stream.get_ssl_digest(),
+        }
+    }
+
+    fn arrival(&self) -> Arrival<'_> {
+        Arrival {
+            peer: self.peer,
+            local: self.local,
+            tls: self.ssl.is_some(),
+            sni: self
+                .ssl
+                .as_ref()
+                .and_then(|t| t.extension.get::<SniName>())
+                .map(|n| n.0.as_str()),
+        }
+    }
+}
+
+/// What reading the next request head gave. Returned once per request and matched at once:
+/// boxing the header would cost an allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    /// A head the lane may answer, `len` bytes long.
+    Express { req: RequestHeader, len: usize },
+    /// Bytes for Pingora to read as they are (another kind of request, or one the parser
+    /// refuses: Pingora answers it as it always does).
+    HandOver,
+    /// The connection ended, idled out, or the server is shutting down.
+    Closed,
+}
+
+impl Express {
+    pub fn new(shared: Arc<Shared>, limits: ConnectionLimits) -> Express {
+        Express {
+            mirror: Mirror::new(shared),
+            limits,
+        }
+    }
+
+    /// Serves an HTTP/1 connection until it ends: hot hits here, the rest through `app`.
+    pub async fn serve<A>(&self, app: &Arc<A>, mut stream: Stream, shutdown: &ShutdownWatch)
+    where
+        A: HttpServerApp + Send + Sync + 'static,
+    {
+        let conn = Connection::of(&stream);
+        let mut buf = BytesMut::new();
+        let mut out = BytesMut::new();
+        let mut first = true;
+        loop {
+            let idle = (!first).then_some(KEEPALIVE);
+            first = false;
+            let next = self.next_head(&mut stream, &mut buf, idle, shutdown).await;
+            let mut ctx = RequestCtx::new();
+            // What Pingora reads before the stream: all that is here, or only the head of a
+            // request without a body (requests pipelined after it stay with the lane).
+            let handed = match next {
+                Next::Closed => return,
+                Next::HandOver => buf.split(),
+                Next::Express { mut req, len } => {
+                    self.mirror.sanitize(&mut req, conn.local);
+                    match self.mirror.decide(&req, &conn.arrival(), &mut ctx).await {
+                        Decision::Hot(hit) => {
+                            buf.advance(len);
+                            if !self
+                                .answer(&mut stream, &mut out, &req, hit, &mut ctx)
+                                .await
+                            {
+                                return;
+                            }
+                            continue;
+                        }
+                        decision => ctx.decided = Some(decision),
+                    }
+                    buf.split_to(len)
+                }
+            };
+            // Pingora reads the request again from the bytes already here.
+            let mut session = ServerSession::new_http1(stream);
+            let keepalive = (!*shutdown.borrow()).then_some(KEEPALIVE.as_secs());
+            session.set_keepalive(keepalive);
+            if !handed.is_empty() {
+                session.set_pipelined_prefix(handed);
+            }
+            if ctx.decided.is_some() {
+                session.set_connection_user_context(Some(Box::new(ctx)));
+            }
+            match app.process_new_http(session, shutdown).await {
+                Some(reused) => stream = reused.consume().0,
+                None => return,
+            }
+        }
+    }
+
+    /// Reads until `buf` holds a whole request head (or the connection ends), waiting at
+    /// most `idle` for its first byte.
+    async fn next_head(
+        &self,
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        idle: Option<Duration>,
+        shutdown: &ShutdownWatch,
+    ) -> Next {
+        let mut shutdown = shutdown.clone();
+        loop {
+            // Draining or stopping: Pingora reads the request and answers it with
+            // `Connection: close`, so a client never meets a connection closed under a
+            // request it has sent.
+            if *shutdown.borrow() || self.draining() {
+                return Next::HandOver;
+            }
+            if !buf.is_empty() {
+                match self.parse(buf) {
+                    Some(next) => return next,
+                    None if buf.len() > self.limits.request_head_max => return Next::HandOver,
+                    None => {}
+                }
+            }
+            buf.reserve(READ_CHUNK);
+            let waiting = buf.is_empty();
+            let read = async {
+                match idle.filter(|_| waiting) {
+                    Some(limit) => tokio::time::timeout(limit, stream.read_buf(buf))
+                        .await
+                        .unwrap_or(Ok(0)),
+                    None => stream.read_buf(buf).await,
+                }
+            };
+            // A connection idle between requests is closed when the server stops, as
+            // Pingora closes its own.
+            let stopping = async {
+                if shutdown.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let read = tokio::select! {
+                biased;
+                read = read => read,
+                _ = stopping, if waiting => Ok(0),
+            };
+            match read {
+                Ok(0) | Err(_) => return Next::Closed,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// The head at the start of `buf` when it is whole: `None` while more bytes are needed.
+    fn parse(&self, buf: &[u8]) -> Option<Next> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        let len = match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return None,
+            Err(_) => return Some(Next::HandOver),
+        };
+        Some(match express_request(&parsed) {
+            Some(req) => Next::Express { req, len },
+            None => Next::HandOver,
+        })
+    }
+
+    fn draining(&self) -> bool {
+        self.mirror
+            .shared
+            .draining
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Writes a hot hit, counts and logs it: `false` when the connection cannot go on.
+    async fn answer(
+        &self,
+        stream: &mut Stream,
+        out: &mut BytesMut,
+        req: &RequestHeader,
+        hit: HotHit,
+        ctx: &mut RequestCtx,
+    ) -> bool {
+        let head_only = req.method == Method::HEAD;
+        let header = match hot::response_header(&hit) {
+            Ok(header) => header,
+            Err(e) => {
+                debug!("cannot build a hot answer's head: {e}");
+                return false;
+            }
+        };
+        ctx.cache_status = Some("hit");
+        debug!(target: super::CACHE_LOG,
+            "route {}: answered from memory (express lane)",
+            ctx.route_name()
+        );
+        let status = header.status.as_u16();
+        out.clear();
+        write_head(header, out);
+        let body = hit.body();
+        let sent = if head_only { 0 } else { body.len() };
+        let deadline = self.limits.send_deadline(out.len() + sent);
+        let write = async {
+            stream.write_all(out).await?;
+            if !head_only {
+                stream.write_all(&body).await?;
+            }
+            stream.flush().await
+        };
+        let error = match deadline {
+            Some(limit) => match tokio::time::timeout(limit, write).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(Error::because(WriteError, "writing a hot answer", e)),
+                Err(_) => Some(Error::explain(WriteTimedout, "writing a hot answer")),
+            },
+            None => write
+                .await
+                .err()
+                .map(|e| Error::because(WriteError, "writing a hot answer", e)),
+        };
+        let written = if error.is_none() { sent } else { 0 };
+        self.mirror
+            .finished(req, status, written, error.as_deref(), ctx);
+        error.is_none()
+    }
+}
+
+/// The request as Pingora's header type, when the lane may answer it (see the module).
+fn express_request(parsed: &httparse::Request<'_, '_>) -> Option<RequestHeader> {
+    let method = match parsed.method? {
+        "GET" => Method::GET,
+        "HEAD" => Method::HEAD,
+        _ => return None,
+    };
+    if parsed.version != Some(1) {
+        return None;
+    }
+    let mut req =
+        RequestHeader::build_no_case(method, parsed.path?.as_bytes(), Some(parsed.headers.len()))
+            .ok()?;
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let refused = NOT_EXPRESS.contains(&name)
+            || (name == header::CONTENT_LENGTH && h.value != b"0")
+            || (name == header::CONNECTION && !h.value.eq_ignore_ascii_case(b"keep-alive"));
+        if refused {
+            return None;
+        }
+        req.append_header(name, HeaderValue::from_bytes(h.value).ok()?)
+            .ok()?;
+    }
+    Some(req)
+}
+
+/// Serializes a hot answer's head as Pingora does, with the `Date` and `Connection` it adds.
+fn write_head(mut header: ResponseHeader, out: &mut BytesMut) {
+    let _ = header.insert_header(
+        header::DATE,
+        pingora::protocols::http::date::get_cached_date(),
+    );
+    let _ = header.insert_header(header::CONNECTION, "keep-alive");
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(header.status.as_str().as_bytes());
+    out.put_u8(b' ');
+    if let Some(reason) = header.get_reason_phrase() {
+        out.put_slice(reason.as_bytes());
+    }
+    out.put_slice(b"\r\n");
+    header.header_to_h1_wire(out);
+    out.put_slice(b"\r\n");
+}
