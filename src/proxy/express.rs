@@ -170,11 +170,12 @@ impl Express {
         idle: Option<Duration>,
         shutdown: &ShutdownWatch,
     ) -> Next {
-        let mut shutdown = shutdown.clone();
         loop {
             // Draining or stopping: Pingora reads the request and answers it with
             // `Connection: close`, so a client never meets a connection closed under a
-            // request it has sent.
+            // request it has sent. (A connection idle until then is left to the end of the
+            // grace period, when the runtimes stop: watching the shutdown signal on every
+            // read costs a lock shared by all connections.)
             if *shutdown.borrow() || self.draining() {
                 return Next::HandOver;
             }
@@ -195,19 +196,7 @@ impl Express {
                     None => stream.read_buf(buf).await,
                 }
             };
-            // A connection idle between requests is closed when the server stops, as
-            // Pingora closes its own.
-            let stopping = async {
-                if shutdown.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            };
-            let read = tokio::select! {
-                biased;
-                read = read => read,
-                _ = stopping, if waiting => Ok(0),
-            };
-            match read {
+            match read.await {
                 Ok(0) | Err(_) => return Next::Closed,
                 Ok(_) => {}
             }
