@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use once_cell::sync::Lazy;
+use once_cell::sync::{Lazy, OnceCell};
 use pingora::cache::key::HashBinary;
 use pingora::cache::CacheMeta;
 use pingora::http::ResponseHeader;
@@ -34,6 +34,9 @@ pub struct HotEntry {
     /// When it was last read (unix seconds; 0: not since it came in): an atomic store per
     /// hit, where a map of last reads would take a lock.
     pub last_read: AtomicU32,
+    /// The lasting part of its answer on the wire, serialized by the express lane on first
+    /// use (`HotHit::wire_head`).
+    wire_head: OnceCell<Bytes>,
 }
 
 /// The stored form of a header-less 200, decoded beside the real internal meta on a hit
@@ -118,7 +121,13 @@ impl HotEntry {
             body,
             generation,
             last_read: AtomicU32::new(0),
+            wire_head: OnceCell::new(),
         }
+    }
+
+    /// The lasting part of its answer on the wire, made by `make` the first time.
+    pub fn wire_head(&self, make: impl FnOnce() -> Bytes) -> Bytes {
+        self.wire_head.get_or_init(make).clone()
     }
 
     /// The entry's meta for one hit.

@@ -83,11 +83,8 @@ impl HotHit {
     /// for the proxy to strip as on every hit.
     pub fn response_header(&self) -> ResponseHeader {
         let mut header = self.entry.header().clone();
-        let age = SystemTime::now()
-            .duration_since(self.created)
-            .unwrap_or_default();
         // Inserting a number or a static word into a header never fails.
-        let _ = header.insert_header(http::header::AGE, age.as_secs());
+        let _ = header.insert_header(http::header::AGE, self.age());
         if header.status == http::StatusCode::OK
             && header.headers.contains_key(http::header::CONTENT_LENGTH)
         {
@@ -95,6 +92,20 @@ impl HotHit {
         }
         header.set_version(http::Version::HTTP_11);
         header
+    }
+
+    /// The entry's `Age` now, seconds.
+    pub fn age(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(self.created)
+            .unwrap_or_default()
+            .as_secs()
+    }
+
+    /// The lasting part of the entry's answer on the wire (everything but what changes from
+    /// one hit to the next), made by `make` on the first hit of this copy and kept with it.
+    pub fn wire_head(&self, make: impl FnOnce(&HotHit) -> bytes::Bytes) -> bytes::Bytes {
+        self.entry.wire_head(|| make(self))
     }
 
     /// The repository it was filled through with credentials (`PRIVATE_MARK`), if it was.

@@ -16,11 +16,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{header, HeaderName, HeaderValue, Method};
 use log::debug;
 use pingora::apps::HttpServerApp;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::tls::SslDigest;
@@ -235,21 +235,14 @@ impl Express {
         ctx: &mut RequestCtx,
     ) -> bool {
         let head_only = req.method == Method::HEAD;
-        let header = match hot::response_header(&hit) {
-            Ok(header) => header,
-            Err(e) => {
-                debug!("cannot build a hot answer's head: {e}");
-                return false;
-            }
-        };
         ctx.cache_status = Some("hit");
         debug!(target: super::CACHE_LOG,
             "route {}: answered from memory (express lane)",
             ctx.route_name()
         );
-        let status = header.status.as_u16();
         out.clear();
-        write_head(header, out);
+        out.extend_from_slice(&hit.wire_head(lasting_head));
+        write_timely(hit.age(), out);
         let body = hit.body();
         let sent = if head_only { 0 } else { body.len() };
         let deadline = self.limits.send_deadline(out.len() + sent);
@@ -273,7 +266,7 @@ impl Express {
         };
         let written = if error.is_none() { sent } else { 0 };
         self.mirror
-            .finished(req, status, written, error.as_deref(), ctx);
+            .finished(req, 200, written, error.as_deref(), ctx);
         error.is_none()
     }
 }
@@ -305,13 +298,12 @@ fn express_request(parsed: &httparse::Request<'_, '_>) -> Option<RequestHeader> 
     Some(req)
 }
 
-/// Serializes a hot answer's head as Pingora does, with the `Date` and `Connection` it adds.
-fn write_head(mut header: ResponseHeader, out: &mut BytesMut) {
-    let _ = header.insert_header(
-        header::DATE,
-        pingora::protocols::http::date::get_cached_date(),
-    );
-    let _ = header.insert_header(header::CONNECTION, "keep-alive");
+/// The lasting part of a hot answer's head, as Pingora writes the cache path's (status line
+/// and headers but for `Age`, `Date` and `Connection`, which `write_timely` adds to each).
+fn lasting_head(hit: &HotHit) -> Bytes {
+    let mut header = hot::response_header(hit);
+    header.remove_header(&header::AGE);
+    let mut out = BytesMut::with_capacity(512);
     out.put_slice(b"HTTP/1.1 ");
     out.put_slice(header.status.as_str().as_bytes());
     out.put_u8(b' ');
@@ -319,6 +311,16 @@ fn write_head(mut header: ResponseHeader, out: &mut BytesMut) {
         out.put_slice(reason.as_bytes());
     }
     out.put_slice(b"\r\n");
-    header.header_to_h1_wire(out);
-    out.put_slice(b"\r\n");
+    header.header_to_h1_wire(&mut out);
+    out.freeze()
+}
+
+/// What changes from one answer to the next, and the blank line: `Age`, and the `Date` and
+/// `Connection` Pingora adds to every response.
+fn write_timely(age: u64, out: &mut BytesMut) {
+    out.put_slice(b"Age: ");
+    out.put_slice(itoa::Buffer::new().format(age).as_bytes());
+    out.put_slice(b"\r\nDate: ");
+    out.put_slice(pingora::protocols::http::date::get_cached_date().as_bytes());
+    out.put_slice(b"\r\nConnection: keep-alive\r\n\r\n");
 }

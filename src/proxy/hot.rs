@@ -33,11 +33,12 @@ const PARTIAL_OR_CONDITIONAL: [header::HeaderName; 6] = [
 
 /// The response head of a hot hit, as the cache's path writes it (before Pingora adds
 /// `Date` and `Connection`).
-pub fn response_header(hit: &HotHit) -> Result<ResponseHeader> {
+pub fn response_header(hit: &HotHit) -> ResponseHeader {
     let mut header = hit.response_header();
     responses::strip_internal(&mut header);
-    header.insert_header("X-Cache-Status", "hit")?;
-    Ok(header)
+    // A static word into a header never fails.
+    let _ = header.insert_header("X-Cache-Status", "hit");
+    header
 }
 
 impl Mirror {
@@ -54,7 +55,7 @@ impl Mirror {
             session.set_keepalive(None);
         }
         let head_only = session.req_header().method == Method::HEAD;
-        let header = response_header(&hit)?;
+        let header = response_header(&hit);
         ctx.cache_status = Some("hit");
         debug!(target: super::CACHE_LOG, "route {}: answered from memory", ctx.route_name());
         session
