@@ -87,6 +87,24 @@ impl Daemon {
     }
 }
 
+/// A daemon a failed test left running is stopped with its directory (the pid file names
+/// it; its command line, which names a config in this directory, proves it is ours).
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let Some(pid) = self.pid() else {
+            return;
+        };
+        let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(&*self.dir.path().to_string_lossy()))
+            .unwrap_or(false);
+        if ours {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
 fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill")
         .args(["-s", sig, &pid.to_string()])
