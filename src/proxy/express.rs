@@ -95,7 +95,7 @@ enum Next {
     /// Bytes for Pingora to read as they are (another kind of request, or one the parser
     /// refuses: Pingora answers it as it always does).
     HandOver,
-    /// The connection ended, idled out, or the server is shutting down.
+    /// The connection ended, failed, or idled out between requests.
     Closed,
 }
 
