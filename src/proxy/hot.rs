@@ -1,13 +1,13 @@
 //! Hot hits: a fresh entry the cache holds in memory (its hot set: manifests, configs,
-//! small blobs) is answered from `request_filter`, without pingora-cache's lookup, hit
-//! handler, hit header and range filter, which together were most of a manifest hit's CPU
-//! above Pingora's own floor (`benches/load.sh`, README). An entry filled with credentials
+//! small blobs) is answered as soon as the request is decided (`decide`), without
+//! pingora-cache's lookup, hit handler, hit header and range filter: by the express lane
+//! on HTTP/1 (`proxy::express`), from `request_filter` otherwise. An entry filled with credentials
 //! goes to the readers `may_read_private` admits, as on the cache's path. Everything else
 //! takes the cache's path: a range or conditional request, a refused reader, a stale entry,
 //! an entry being filled, a request another member owns, a tag whose pointer had news
 //! (`cache_note`), an entry on disk only (its first read puts it in memory). Both paths
-//! answer the same status, headers and bytes (tests/cache.rs), and `logging` counts and
-//! logs both.
+//! answer the same status, headers and bytes (tests/cache.rs), and `Mirror::finished`
+//! counts and logs all of them.
 
 use http::{header, Method};
 use log::debug;
