@@ -36,26 +36,47 @@ fn status_of(r: &reqwest::Response) -> String {
 
 /// Files of the content entries under the cache's committed objects (a sidecar `H.meta`
 /// and its bodies `H.*.body`); the mirror's records (tag pointers, access verdicts) left out.
+/// A body whose sidecar is not there yet is a commit in progress (a record is committed
+/// like content: body first, then sidecar): the listing is taken again, for up to 2 s,
+/// until none is in progress, so a record is never taken for content; a body that stays
+/// without its sidecar is listed.
 fn committed(cache: &Path) -> Vec<String> {
+    let mut listing = committed_once(cache);
+    for _ in 0..100 {
+        if !listing.1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        listing = committed_once(cache);
+    }
+    listing.0
+}
+
+/// One listing for `committed`, and whether a body in it had no sidecar.
+fn committed_once(cache: &Path) -> (Vec<String>, bool) {
     let mut out = Vec::new();
+    let mut in_progress = false;
     let objects = cache.join("v1/objects");
     for shard in std::fs::read_dir(&objects).into_iter().flatten().flatten() {
         let files: Vec<_> = std::fs::read_dir(shard.path()).unwrap().flatten().collect();
-        let is_record = |hash: &str| {
-            let meta = std::fs::read(shard.path().join(format!("{hash}.meta"))).unwrap_or_default();
-            [&b"x-pullthrough-verdict"[..], b"x-pullthrough-pointer"]
-                .iter()
-                .any(|mark| meta.windows(mark.len()).any(|w| w == *mark))
-        };
+        let sidecar = |hash: &str| std::fs::read(shard.path().join(format!("{hash}.meta"))).ok();
         for f in files {
             let name = f.file_name().to_string_lossy().into_owned();
             let hash = name.split('.').next().unwrap_or_default();
-            if !is_record(hash) {
+            let Some(meta) = sidecar(hash) else {
+                in_progress = true;
+                out.push(name);
+                continue;
+            };
+            let record = [&b"x-pullthrough-verdict"[..], b"x-pullthrough-pointer"]
+                .iter()
+                .any(|mark| meta.windows(mark.len()).any(|w| w == *mark));
+            if !record {
                 out.push(name);
             }
         }
     }
-    out
+    (out, in_progress)
 }
 
 #[tokio::test(flavor = "multi_thread")]
