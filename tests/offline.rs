@@ -198,7 +198,8 @@ async fn a_hanging_upstream_costs_one_timeout_for_a_stale_tag() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stale_tag_is_served_while_down_checked_once_and_not_past_stale_for() {
-    let w = warm("cache: { tag_ttl: 1s, stale_for: 3s }\n").await;
+    // stale_for leaves the 50 readers below seconds of slack on a loaded machine.
+    let w = warm("cache: { tag_ttl: 1s, stale_for: 6s }\n").await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     w.hub.set_down(true);
     let tok = hub::pull_token(&w.c, &w.mirror, "library/app", None).await;
@@ -230,7 +231,7 @@ async fn a_stale_tag_is_served_while_down_checked_once_and_not_past_stale_for() 
     assert!(r.headers()["warning"].to_str().unwrap().contains("Stale"));
 
     // Past tag_ttl + stale_for the tag is no longer served; content by digest still is.
-    tokio::time::sleep(Duration::from_millis(3200)).await;
+    tokio::time::sleep(Duration::from_millis(6200)).await;
     let r =
         w.c.get(w.mirror.url(&w.paths[0]))
             .bearer_auth(&tok)
