@@ -874,6 +874,17 @@ async fn reads_from_memory_keep_entries_in_the_lru() {
     for b in &blobs[..4] {
         get(&c, url(b), &tok).await.bytes().await.unwrap();
     }
+    // A client has every byte once they are checked, before the fill's commit (sync,
+    // renames) ends; a read during a commit joins the fill and says `miss`. Wait (bounded)
+    // for the four commits: a sidecar and a body each.
+    let cache = mirror.dir.path().join("cache");
+    for _ in 0..250 {
+        if committed(&cache).len() == 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(committed(&cache).len(), 8, "{:?}", committed(&cache));
     hub.wait_for_probe("library/lru").await;
     // Blob 0, the oldest, is read again from memory: blob 1 is now the least recently used.
     let r = get(&c, url(&blobs[0]), &tok).await;

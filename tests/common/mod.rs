@@ -91,6 +91,14 @@ impl Mirror {
         } else {
             format!("cache: {{ dir: \"{d}/cache\" }}\n")
         };
+        // A `cache:` section that names no directory gets the mirror's own too: the default
+        // (`./cache`, the checkout's) would be shared by tests running side by side and kept
+        // from one run to the next.
+        let yaml = if yaml.contains("dir:") {
+            yaml.to_owned()
+        } else {
+            yaml.replacen("cache: {", &format!("cache: {{ dir: \"{d}/cache\","), 1)
+        };
         let config = format!(
             "pingora: {{ threads: 2, pid_file: \"{d}/pid\", upgrade_sock: \"{d}/upgrade.sock\", grace_period_seconds: 1, graceful_shutdown_timeout_seconds: 1{pingora} }}\n\
              {cache}{yaml}"
