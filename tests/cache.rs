@@ -583,22 +583,39 @@ fn lasting_headers(r: &reqwest::Response) -> Vec<(String, String)> {
     headers
 }
 
+/// An image whose parts the hot set holds: a manifest, a 2 KB config (`seed`) and a
+/// 100 KB layer (`seed + 1`) in `repo`, and the mirror paths of the three in that order.
+struct HotImage {
+    manifest: hub::Manifest,
+    config_blob: String,
+    paths: [String; 3],
+}
+
+fn hot_image(hub: &Hub, repo: &str, seed: u64) -> HotImage {
+    let config_blob = hub.add_blob(noise(2_000, seed));
+    let layer = hub.add_blob(noise(100_000, seed + 1));
+    let manifest = hub.add_image(repo, "v1", &[config_blob.clone(), layer.clone()]);
+    let paths = [
+        format!("/v2/{repo}/manifests/{}", manifest.digest),
+        format!("/v2/{repo}/blobs/{config_blob}"),
+        format!("/v2/{repo}/blobs/{layer}"),
+    ];
+    HotImage {
+        manifest,
+        config_blob,
+        paths,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn answers_from_memory_equal_answers_from_disk() {
     let hub = Hub::start().await;
-    let config_blob = hub.add_blob(noise(2_000, 11));
-    let layer = hub.add_blob(noise(100_000, 12));
-    let manifest = hub.add_image("library/hot", "v1", &[config_blob.clone(), layer.clone()]);
+    let HotImage { paths, .. } = hot_image(&hub, "library/hot", 11);
     let cache = tempfile::tempdir().unwrap();
     let cfg = config(
         &hub,
         &format!("cache: {{ dir: \"{}\" }}\n", cache.path().display()),
     );
-    let paths = [
-        format!("/v2/library/hot/manifests/{}", manifest.digest),
-        format!("/v2/library/hot/blobs/{config_blob}"),
-        format!("/v2/library/hot/blobs/{layer}"),
-    ];
     let mirror = Mirror::start(&cfg);
     let c = common::client(&[], mirror.addr());
     let tok = hub::pull_token(&c, &mirror, "library/hot", None).await;
@@ -718,9 +735,12 @@ async fn read_responses(
 async fn the_express_lane_answers_as_pingora_does() {
     use tokio::io::AsyncWriteExt;
     let hub = Hub::start().await;
-    let config_blob = hub.add_blob(noise(2_000, 21));
-    let layer = hub.add_blob(noise(100_000, 22));
-    let manifest = hub.add_image("library/lane", "v1", &[config_blob.clone(), layer.clone()]);
+    let HotImage {
+        manifest,
+        config_blob,
+        paths,
+        ..
+    } = hot_image(&hub, "library/lane", 21);
     let admin = common::free_port();
     let mirror = Mirror::start(&config(
         &hub,
@@ -730,11 +750,6 @@ async fn the_express_lane_answers_as_pingora_does() {
     ));
     let c = common::client(&[], mirror.addr());
     let tok = hub::pull_token(&c, &mirror, "library/lane", None).await;
-    let paths = [
-        format!("/v2/library/lane/manifests/{}", manifest.digest),
-        format!("/v2/library/lane/blobs/{config_blob}"),
-        format!("/v2/library/lane/blobs/{layer}"),
-    ];
     for p in &paths {
         get(&c, mirror.url(p), &tok).await.bytes().await.unwrap();
     }

@@ -215,6 +215,23 @@ async fn a_head_sent_a_byte_at_a_time_is_cut_at_the_deadline() {
     assert!(read_answer(&mut first).await.starts_with("HTTP/1.1 200"));
 }
 
+/// Waits (bounded: 30 s, a loaded machine is slow to accept) until
+/// `pullthrough_connections_open` reads `n`; what it read last.
+async fn open_connections_reach(c: &reqwest::Client, metrics_url: &str, n: u64) -> u64 {
+    let mut open = u64::MAX;
+    for _ in 0..1500 {
+        open = metric(
+            &common::get_text(c, metrics_url).await,
+            "pullthrough_connections_open",
+        );
+        if open == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    open
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_over_the_cap_get_503_until_one_closes() {
     let admin = free_port();
@@ -234,17 +251,7 @@ async fn connections_over_the_cap_get_503_until_one_closes() {
         .send();
     assert_eq!(served.await.unwrap().status(), 200);
     drop(r);
-    let mut open = u64::MAX;
-    for _ in 0..1500 {
-        open = metric(
-            &common::get_text(&c, &metrics_url).await,
-            "pullthrough_connections_open",
-        );
-        if open == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let open = open_connections_reach(&c, &metrics_url, 0).await;
     assert_eq!(
         open,
         0,
@@ -255,17 +262,8 @@ async fn connections_over_the_cap_get_503_until_one_closes() {
     for _ in 0..4 {
         idle.push(TcpStream::connect(mirror.addr()).await.unwrap());
     }
-    // Wait (bounded: 30 s, a loaded machine is slow to accept) until the mirror has taken
-    // all four: only then is the next one over the cap.
-    let mut taken = 0;
-    for _ in 0..1500 {
-        let m = common::get_text(&c, &metrics_url).await;
-        taken = metric(&m, "pullthrough_connections_open");
-        if taken == 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Only once the mirror has taken all four is the next one over the cap.
+    let taken = open_connections_reach(&c, &metrics_url, 4).await;
     assert_eq!(
         taken,
         4,
