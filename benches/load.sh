@@ -3,8 +3,9 @@
 # mode, all on loopback in front of one Debian docker-registry, measured the same way with
 # wrk in the same run. Writes BENCHMARKS.md.
 #
-#   benches/load.sh            full run ((a), (b): 3 interleaved rounds of 6 s, medians and
-#                              spreads; 256 MiB, 100 MiB and 1 GiB blobs; about 12 minutes)
+#   benches/load.sh            full run (every case 3 interleaved rounds, medians and spreads;
+#                              (a), (b) 6 s each; 256 MiB, 100 MiB and 1 GiB blobs; about 25
+#                              minutes)
 #                              -> BENCHMARKS.md
 #   benches/load.sh --smoke    2 s per case, blobs of a few MiB -> target/BENCHMARKS-smoke.md
 #                              (CI runs this so the harness cannot rot; it asserts no timings)
@@ -21,6 +22,8 @@
 #     pullthrough cluster, three independent pullthrough nodes and three distribution proxies
 #     (each with its own cache, as distribution's docs describe a cache cluster): upstream
 #     fetches, total time, time to first byte; and the latency a peer hop adds to a hit;
+# (f) a cache of 1,000,000 entries (benches/bigcache.rs; 20,000 in smoke mode): start-up,
+#     memory per entry, hit latency, an upgrade under load;
 # and the loopback ceiling (iperf3). Upstream fetches are counted in the access log of an nginx
 # front (benches/upstream.conf.in) that stands between every mirror and docker-registry.
 set -euo pipefail
@@ -29,9 +32,9 @@ cd "$(dirname "$0")/.."
 SMOKE=0
 [ "${1:-}" = "--smoke" ] && SMOKE=1
 if [ $SMOKE = 1 ]; then
-  BIG_MIB=8; COLD_MIB=4; HUGE_MIB=16; SECS=2; ROUNDS=1; OUT=target/BENCHMARKS-smoke.md
+  BIG_MIB=8; COLD_MIB=4; HUGE_MIB=16; SECS=2; ROUNDS=1; BIG_ENTRIES=20000; OUT=target/BENCHMARKS-smoke.md
 else
-  BIG_MIB=256; COLD_MIB=100; HUGE_MIB=1024; SECS=6; ROUNDS=3; OUT=BENCHMARKS.md
+  BIG_MIB=256; COLD_MIB=100; HUGE_MIB=1024; SECS=6; ROUNDS=3; BIG_ENTRIES=1000000; OUT=BENCHMARKS.md
 fi
 CLIENTS=50
 PACE=${PACE:-20m} # bytes/s per upstream connection in case (c), in nginx limit_rate syntax (20m = 20 MB/s)
@@ -61,11 +64,14 @@ FRONT=$(free_port); PT=$(free_port); NG=$(free_port); DP=$(free_port); IP=$(free
 start_registry "$WORK/upstream" "$(free_port)"; PIDS+=("$REGISTRY_PID")
 head -c $((BIG_MIB << 20)) /dev/urandom > "$WORK/big.bin"
 { read -r BIG; read -r MAN; } < <(push_image "$WORK/big.bin" "$WORK")
-# Cold blobs for (c) and (d): one for the single client, one for the crowd, each mirror cold on
-# both (every mirror has its own cache).
-head -c $((COLD_MIB << 20)) /dev/urandom > "$WORK/cold1.bin"; COLD1=$(upload "$WORK/cold1.bin" bench/cold)
-head -c $((COLD_MIB << 20)) /dev/urandom > "$WORK/cold50.bin"; COLD50=$(upload "$WORK/cold50.bin" bench/cold)
-head -c $((HUGE_MIB << 20)) /dev/urandom > "$WORK/huge.bin"; HUGE=$(upload "$WORK/huge.bin" bench/huge)
+# Cold blobs for (c) and (d), new ones each round: one for the single client, one for the
+# crowd, one huge; each mirror is cold on all of them (every mirror has its own cache).
+COLD1=(); COLD50=(); HUGE=()
+for _ in $(seq 1 "$ROUNDS"); do
+  head -c $((COLD_MIB << 20)) /dev/urandom > "$WORK/cold1.bin"; COLD1+=("$(upload "$WORK/cold1.bin" bench/cold)")
+  head -c $((COLD_MIB << 20)) /dev/urandom > "$WORK/cold50.bin"; COLD50+=("$(upload "$WORK/cold50.bin" bench/cold)")
+  head -c $((HUGE_MIB << 20)) /dev/urandom > "$WORK/huge.bin"; HUGE+=("$(upload "$WORK/huge.bin" bench/huge)")
+done
 # (e): one cold blob per three-node setup.
 declare -A TRIO_BLOB
 for setup in cluster independent distribution; do
@@ -205,25 +211,42 @@ peak_mib() { # the server's processes together: sum of their peak RSS (VmHWM)
   for p in $(pids_of "$1"); do awk '/VmHWM/{print $2}' "/proc/$p/status"; done | awk '{s+=$1} END{printf "%.1f", s/1024}'
 }
 
-declare -A ONE_T ONE_TTFB CROWD_T CROWD_TTFB CROWD_TTFB_MAX CROWD_F CROWD_BAD HUGE_F HUGE_T HUGE_BAD RSS
+# $ROUNDS rounds, the servers interleaved within each, each round on new cold blobs; each cell
+# is the median of the rounds (fetches too; failures are summed), spreads listed below.
+declare -A ONE_T_R ONE_TTFB_R CROWD_T_R CROWD_TTFB_R CROWD_TTFB_MAX_R CROWD_F_R CROWD_BAD HUGE_F_R HUGE_T_R HUGE_BAD RSS_R
+for round in $(seq 1 "$ROUNDS"); do
+  r=$((round - 1))
+  for name in pullthrough nginx distribution; do
+    port=$(port_of $name)
+    echo "load.sh: (c), (d) round $round of $ROUNDS: $name: one client, then $CLIENTS, on cold ${COLD_MIB} MiB blobs" >&2
+    read -r bad total ttfb _ < <(crowd "http://127.0.0.1:$port/v2/bench/cold/blobs/${COLD1[$r]}" 1 $((COLD_MIB << 20)))
+    [ "$bad" = 0 ] || { echo "load.sh: $name: the single client failed" >&2; exit 1; }
+    ONE_T_R[$name]+=" $total"; ONE_TTFB_R[$name]+=" $ttfb"
+    before=$(fetches "${COLD50[$r]}")
+    read -r bad total ttfb ttfb_max < <(crowd "http://127.0.0.1:$port/v2/bench/cold/blobs/${COLD50[$r]}" $CLIENTS $((COLD_MIB << 20)))
+    sleep 1 # a fetch still running is logged when it ends
+    CROWD_BAD[$name]=$(( ${CROWD_BAD[$name]:-0} + bad )); CROWD_T_R[$name]+=" $total"; CROWD_TTFB_R[$name]+=" $ttfb"; CROWD_TTFB_MAX_R[$name]+=" $ttfb_max"
+    CROWD_F_R[$name]+=" $(( $(fetches "${COLD50[$r]}") - before ))"
+    echo "load.sh: (d) round $round of $ROUNDS: $name: $CLIENTS clients on a cold ${HUGE_MIB} MiB blob" >&2
+    reset_peak $name
+    before=$(fetches "${HUGE[$r]}")
+    read -r bad total _ _ < <(crowd "http://127.0.0.1:$port/v2/bench/huge/blobs/${HUGE[$r]}" $CLIENTS $((HUGE_MIB << 20)))
+    RSS_R[$name]+=" $(peak_mib $name)"
+    sleep 1
+    HUGE_BAD[$name]=$(( ${HUGE_BAD[$name]:-0} + bad )); HUGE_T_R[$name]+=" $total"; HUGE_F_R[$name]+=" $(( $(fetches "${HUGE[$r]}") - before ))"
+  done
+done
+declare -A ONE_T ONE_TTFB CROWD_T CROWD_TTFB CROWD_TTFB_MAX CROWD_F HUGE_F HUGE_T RSS ONE_TTFB_S ONE_T_S CROWD_T_S RSS_S HUGE_T_S
 for name in pullthrough nginx distribution; do
-  case $name in pullthrough) port=$PT ;; nginx) port=$NG ;; distribution) port=$DP ;; esac
-  echo "load.sh: $name: (c) one client, then $CLIENTS, on cold ${COLD_MIB} MiB blobs" >&2
-  read -r bad total ttfb _ < <(crowd "http://127.0.0.1:$port/v2/bench/cold/blobs/$COLD1" 1 $((COLD_MIB << 20)))
-  [ "$bad" = 0 ] || { echo "load.sh: $name: the single client failed" >&2; exit 1; }
-  ONE_T[$name]=$total; ONE_TTFB[$name]=$ttfb
-  before=$(fetches "$COLD50")
-  read -r bad total ttfb ttfb_max < <(crowd "http://127.0.0.1:$port/v2/bench/cold/blobs/$COLD50" $CLIENTS $((COLD_MIB << 20)))
-  sleep 1 # a fetch still running is logged when it ends
-  CROWD_BAD[$name]=$bad; CROWD_T[$name]=$total; CROWD_TTFB[$name]=$ttfb; CROWD_TTFB_MAX[$name]=$ttfb_max
-  CROWD_F[$name]=$(( $(fetches "$COLD50") - before ))
-  echo "load.sh: $name: (d) $CLIENTS clients on a cold ${HUGE_MIB} MiB blob" >&2
-  reset_peak $name
-  before=$(fetches "$HUGE")
-  read -r bad total _ _ < <(crowd "http://127.0.0.1:$port/v2/bench/huge/blobs/$HUGE" $CLIENTS $((HUGE_MIB << 20)))
-  RSS[$name]=$(peak_mib $name)
-  sleep 1
-  HUGE_BAD[$name]=$bad; HUGE_T[$name]=$total; HUGE_F[$name]=$(( $(fetches "$HUGE") - before ))
+  ONE_T[$name]=$(echo "${ONE_T_R[$name]}" | median); ONE_T_S[$name]=$(echo "${ONE_T_R[$name]}" | spread %.3f)
+  ONE_TTFB[$name]=$(echo "${ONE_TTFB_R[$name]}" | median); ONE_TTFB_S[$name]=$(echo "${ONE_TTFB_R[$name]}" | spread %.3f)
+  CROWD_T[$name]=$(echo "${CROWD_T_R[$name]}" | median); CROWD_T_S[$name]=$(echo "${CROWD_T_R[$name]}" | spread %.3f)
+  CROWD_TTFB[$name]=$(echo "${CROWD_TTFB_R[$name]}" | median)
+  CROWD_TTFB_MAX[$name]=$(echo "${CROWD_TTFB_MAX_R[$name]}" | median)
+  CROWD_F[$name]=$(echo "${CROWD_F_R[$name]}" | median)
+  RSS[$name]=$(echo "${RSS_R[$name]}" | median); RSS_S[$name]=$(echo "${RSS_R[$name]}" | spread %.1f)
+  HUGE_T[$name]=$(echo "${HUGE_T_R[$name]}" | median); HUGE_T_S[$name]=$(echo "${HUGE_T_R[$name]}" | spread %.3f)
+  HUGE_F[$name]=$(echo "${HUGE_F_R[$name]}" | median)
 done
 
 # (e) three nodes each: a pullthrough cluster (keep_local off, so a hit through a node that
@@ -298,6 +321,14 @@ p50() { wrk -t2 -c4 -d"${SECS}s" --latency -H "Accept: $MT" "http://127.0.0.1:$1
 HOP_LOCAL=$(to_ms "$(p50 "$HOP_OWNER")")
 HOP_PEER=$(to_ms "$(p50 "${HOP_OTHERS[0]}")")
 
+# (f) the big cache (benches/bigcache.rs), alone on the machine: every server above stops first.
+for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+for f in "$WORK/nginx.pid" "$WORK/front.pid"; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+sleep 1
+rm -f target/BIGCACHE.md
+echo "load.sh: (f) the big cache, $BIG_ENTRIES entries" >&2
+cargo bench --locked --bench bigcache -- --entries "$BIG_ENTRIES" >&2
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "-" }'; }
 gbps() { awk -v b="$1" 'BEGIN{printf "%.2f", b/1e9}'; }
 {
@@ -305,7 +336,7 @@ gbps() { awk -v b="$1" 'BEGIN{printf "%.2f", b/1e9}'; }
   echo
   echo "Written by \`benches/load.sh$([ $SMOKE = 1 ] && echo ' --smoke')\` on $(date -u +%Y-%m-%d): $(nproc) cores ($(awk -F': *' '/model name/{print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)."
   echo "All servers on loopback in front of one docker-registry (through an nginx front that counts fetches); clients (wrk, curl) on the same cores."
-  echo "(a), (b): caches warm; ${ROUNDS} rounds of ${SECS} s per case, the servers interleaved within each round; each cell is the median, the spread (lowest-highest over the rounds) is listed below the table. (c): the cold repository paced to ${PACE} bytes/s (nginx limit_rate) per upstream connection after a first-second burst (an internet upstream is slower than the mirror's clients). (d): unpaced."
+  echo "Every case runs ${ROUNDS} rounds, the servers interleaved within each round (A B C A B C ...); each cell is the median of the rounds, the spreads (lowest-highest) are listed below the table. (a), (b): caches warm, ${SECS} s per case. (c), (d): new cold blobs each round; (c) the cold repository paced to ${PACE} bytes/s (nginx limit_rate) per upstream connection after a first-second burst (an internet upstream is slower than the mirror's clients); (d) unpaced; failures are summed over the rounds."
   echo
   echo "| case | pullthrough | nginx | distribution (proxy) | pullthrough/nginx | pullthrough/distribution |"
   echo "|---|---|---|---|---|---|"
@@ -330,7 +361,7 @@ gbps() { awk -v b="$1" 'BEGIN{printf "%.2f", b/1e9}'; }
   echo "| (d) total s | ${HUGE_T[pullthrough]} | ${HUGE_T[nginx]} | ${HUGE_T[distribution]} | | |"
   echo "| (d) failed | ${HUGE_BAD[pullthrough]} | ${HUGE_BAD[nginx]} | ${HUGE_BAD[distribution]} | | |"
   echo
-  echo "Spread over the rounds (lowest-highest), pullthrough / nginx / distribution: (a) GB/s ${BLOB_S[pullthrough]} / ${BLOB_S[nginx]} / ${BLOB_S[distribution]}; (b) by digest req/s ${RPS_D_S[pullthrough]} / ${RPS_D_S[nginx]} / ${RPS_D_S[distribution]}; (b) by tag req/s ${RPS_T_S[pullthrough]} / ${RPS_T_S[nginx]} / ${RPS_T_S[distribution]}; (b) 4 conns by digest ${RPS_D4_S[pullthrough]} / ${RPS_D4_S[nginx]} / ${RPS_D4_S[distribution]}, by tag ${RPS_T4_S[pullthrough]} / ${RPS_T4_S[nginx]} / ${RPS_T4_S[distribution]}. A ratio is a lead only where the spreads do not overlap."
+  echo "Spread over the rounds (lowest-highest), pullthrough / nginx / distribution: (a) GB/s ${BLOB_S[pullthrough]} / ${BLOB_S[nginx]} / ${BLOB_S[distribution]}; (b) by digest req/s ${RPS_D_S[pullthrough]} / ${RPS_D_S[nginx]} / ${RPS_D_S[distribution]}; (b) by tag req/s ${RPS_T_S[pullthrough]} / ${RPS_T_S[nginx]} / ${RPS_T_S[distribution]}; (b) 4 conns by digest ${RPS_D4_S[pullthrough]} / ${RPS_D4_S[nginx]} / ${RPS_D4_S[distribution]}, by tag ${RPS_T4_S[pullthrough]} / ${RPS_T4_S[nginx]} / ${RPS_T4_S[distribution]}. (c) 1 client, first byte s ${ONE_TTFB_S[pullthrough]} / ${ONE_TTFB_S[nginx]} / ${ONE_TTFB_S[distribution]}, total s ${ONE_T_S[pullthrough]} / ${ONE_T_S[nginx]} / ${ONE_T_S[distribution]}; (c) $CLIENTS clients, total s ${CROWD_T_S[pullthrough]} / ${CROWD_T_S[nginx]} / ${CROWD_T_S[distribution]}; (d) peak RSS MiB ${RSS_S[pullthrough]} / ${RSS_S[nginx]} / ${RSS_S[distribution]}, total s ${HUGE_T_S[pullthrough]} / ${HUGE_T_S[nginx]} / ${HUGE_T_S[distribution]}. A ratio is a lead only where the spreads do not overlap."
   echo
   echo "Loopback ceiling (iperf3): $(gbps "$CEIL") GB/s. pullthrough (a) / ceiling: $(ratio "${BLOB[pullthrough]}" "$CEIL")."
   echo
@@ -356,6 +387,8 @@ gbps() { awk -v b="$1" 'BEGIN{printf "%.2f", b/1e9}'; }
   echo "| (e) failed | ${TRIO_BAD[cluster]} | ${TRIO_BAD[independent]} | ${TRIO_BAD[distribution]} |"
   echo
   echo "Peer hop on a hit (manifest by digest, 4 connections, median latency): through its owner ${HOP_LOCAL} ms, through another node ${HOP_PEER} ms (+$(awk -v a="$HOP_PEER" -v b="$HOP_LOCAL" 'BEGIN{printf "%.2f", a-b}') ms)."
+  echo
+  cat target/BIGCACHE.md
 } > "$OUT"
 cat "$OUT"
 # Every cell must hold a number: a failed measurement is a failed run.

@@ -3,8 +3,7 @@
 //! filling request's own hand-off when the disk refused a write.
 
 use std::fs::File;
-use std::io::IoSliceMut;
-use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +15,6 @@ use pingora::cache::storage::HandleHit;
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, Storage};
 use pingora::prelude::*;
-use rustix::io::ReadWriteFlags;
 use tokio::sync::watch;
 
 use super::{blocking, internal, Handoff, Progress, CHUNK, HELD_BACK};
@@ -117,21 +115,34 @@ impl HandoffReader {
 /// disk, and anything else (EAGAIN, a kernel without it) goes to the blocking pool, so a hit
 /// costs no thread hand-off per chunk and a worker never waits on disk.
 pub(super) async fn read_chunk(file: &Arc<File>, pos: u64, len: usize) -> Result<Bytes> {
-    let mut buf = vec![0u8; len];
-    let nowait = rustix::io::preadv2(
-        file.as_fd(),
-        &mut [IoSliceMut::new(&mut buf)],
-        pos,
-        ReadWriteFlags::NOWAIT,
-    );
-    if let Ok(n @ 1..) = nowait {
-        buf.truncate(n);
-        return Ok(Bytes::from(buf));
+    if let Some(chunk) = read_cached(file, pos, len) {
+        return Ok(chunk);
     }
     let file = file.clone();
-    blocking(move || file.read_exact_at(&mut buf, pos).map(|_| Bytes::from(buf)))
-        .await?
-        .map_err(|e| internal("cache read failed", e))
+    blocking(move || {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, pos).map(|_| Bytes::from(buf))
+    })
+    .await?
+    .map_err(|e| internal("cache read failed", e))
+}
+
+/// What of `len` bytes at `pos` the page cache holds, read without waiting for the disk, into a
+/// buffer that is not zeroed first (zeroing it cost 5% of the CPU of serving blobs).
+fn read_cached(file: &File, pos: u64, len: usize) -> Option<Bytes> {
+    let mut buf = Vec::<u8>::with_capacity(len);
+    let iov = libc::iovec {
+        iov_base: buf.spare_capacity_mut().as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    let offset = libc::off_t::try_from(pos).ok()?;
+    // SAFETY: the one iovec covers `len` bytes of `buf`'s allocation, which outlives the call;
+    // the kernel only writes into it, and `set_len` covers no more than the `n` bytes it wrote.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    let n = usize::try_from(n).ok().filter(|&n| n > 0 && n <= len)?;
+    // SAFETY: the kernel initialized the first `n` bytes (checked `<= len` above).
+    unsafe { buf.set_len(n) };
+    Some(Bytes::from(buf))
 }
 
 #[async_trait]
