@@ -70,6 +70,54 @@ async fn private_blob_needs_accepted_credentials() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_refused_reader_costs_one_upstream_check_per_request() {
+    let hub = Hub::start().await;
+    // Small enough to be held in memory: the hot path checks the reader before the cache's.
+    let blob = hub.add_blob(noise(64 << 10, 78));
+    let mirror = Mirror::start(&config(&hub));
+    let c = common::client(&[], mirror.addr());
+    let url = mirror.url(&format!("/v2/{PRIVATE_REPO}/blobs/{blob}"));
+    let alice = hub::pull_token(&c, &mirror, PRIVATE_REPO, Some((USER, PASSWORD))).await;
+    let r = c.get(&url).bearer_auth(&alice).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), cache_status(&r)), (200, "miss"));
+    assert_eq!(common::sha256(&r.bytes().await.unwrap()), blob);
+    hub.wait_for_probe(PRIVATE_REPO).await;
+    // Alice reads it from memory (a read during the fill's commit would join the fill).
+    let mut status = String::new();
+    for _ in 0..50 {
+        let r = c.get(&url).bearer_auth(&alice).send().await.unwrap();
+        status = cache_status(&r).to_owned();
+        assert_eq!(common::sha256(&r.bytes().await.unwrap()), blob);
+        if status == "hit" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, "hit");
+    let fetched = hub.count(STORAGE);
+
+    // A token the upstream refuses: each request asks the upstream once about it (HEAD), then
+    // relays the upstream's own answer to it. Before, the cache's path asked a second time.
+    let anon = hub::pull_token(&c, &mirror, PRIVATE_REPO, None).await;
+    let heads = hub.count_method(REGISTRY, "HEAD", "/blobs/");
+    for _ in 0..3 {
+        let r = c.get(&url).bearer_auth(&anon).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    assert_eq!(
+        hub.count_method(REGISTRY, "HEAD", "/blobs/"),
+        heads + 3,
+        "one check per refused request\n{}",
+        mirror.log()
+    );
+    assert_eq!(
+        hub.count(STORAGE),
+        fetched,
+        "the private blob was fetched again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn public_blob_is_served_to_anyone() {
     let hub = Hub::start().await;
     let blob = hub.add_blob(noise(1 << 20, 78));

@@ -45,6 +45,9 @@ pub struct RequestCtx {
     pub cache_key: Option<pingora::cache::CacheKey>,
     /// What the express lane decided for a request it handed to Pingora (`proxy::express`).
     pub decided: Option<super::Decision>,
+    /// `may_read_private` refused this reader the hot entry (`proxy::hot`): the cache's path
+    /// forces the miss without asking the upstream about the same credentials again.
+    pub private_refused: bool,
 }
 
 impl RequestCtx {
@@ -70,6 +73,7 @@ impl RequestCtx {
             failed_owners: Vec::new(),
             cache_key: None,
             decided: None,
+            private_refused: false,
         }
     }
 

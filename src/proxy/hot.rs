@@ -104,6 +104,7 @@ impl Mirror {
         if let Some(via) = hit.private_mark() {
             if !self.may_read_private(req, ctx, via.as_bytes()).await {
                 ctx.cache_key = Some(key);
+                ctx.private_refused = true;
                 return None;
             }
         }

@@ -382,9 +382,12 @@ impl ProxyHttp for Mirror {
     ) -> Result<Option<ForcedFreshness>> {
         // A HeaderValue clone shares its bytes: no copy per private hit.
         if let Some(via) = meta.headers().get(PRIVATE_MARK).cloned() {
-            if !self
-                .may_read_private(session.req_header(), ctx, via.as_bytes())
-                .await
+            // Refused on the hot path already: one upstream check per request. (Only ever a
+            // miss forced on a stale refusal: the upstream then answers the credentials.)
+            if ctx.private_refused
+                || !self
+                    .may_read_private(session.req_header(), ctx, via.as_bytes())
+                    .await
             {
                 // The upstream decides: with the client's own (missing or refused) credentials
                 // the answer is its 401, relayed as the mirror's challenge.
