@@ -37,6 +37,7 @@ else
   BIG_MIB=256; COLD_MIB=100; HUGE_MIB=1024; SECS=6; ROUNDS=3; BIG_ENTRIES=1000000; OUT=BENCHMARKS.md
 fi
 CLIENTS=50
+SINGLES=3 # (c): one client alone on this many cold blobs per round (its first byte varies most)
 PACE=${PACE:-20m} # bytes/s per upstream connection in case (c), in nginx limit_rate syntax (20m = 20 MB/s)
 
 for tool in docker-registry nginx wrk iperf3 curl sha256sum; do
@@ -68,7 +69,9 @@ head -c $((BIG_MIB << 20)) /dev/urandom > "$WORK/big.bin"
 # crowd, one huge; each mirror is cold on all of them (every mirror has its own cache).
 COLD1=(); COLD50=(); HUGE=()
 for _ in $(seq 1 "$ROUNDS"); do
-  head -c $((COLD_MIB << 20)) /dev/urandom > "$WORK/cold1.bin"; COLD1+=("$(upload "$WORK/cold1.bin" bench/cold)")
+  for _ in $(seq 1 "$SINGLES"); do
+    head -c $((COLD_MIB << 20)) /dev/urandom > "$WORK/cold1.bin"; COLD1+=("$(upload "$WORK/cold1.bin" bench/cold)")
+  done
   head -c $((COLD_MIB << 20)) /dev/urandom > "$WORK/cold50.bin"; COLD50+=("$(upload "$WORK/cold50.bin" bench/cold)")
   head -c $((HUGE_MIB << 20)) /dev/urandom > "$WORK/huge.bin"; HUGE+=("$(upload "$WORK/huge.bin" bench/huge)")
 done
@@ -216,18 +219,25 @@ peak_mib() { # the server's processes together: sum of their peak RSS (VmHWM)
 declare -A ONE_T_R ONE_TTFB_R CROWD_T_R CROWD_TTFB_R CROWD_TTFB_MAX_R CROWD_F_R CROWD_BAD HUGE_F_R HUGE_T_R HUGE_BAD RSS_R
 for round in $(seq 1 "$ROUNDS"); do
   r=$((round - 1))
-  for name in pullthrough nginx distribution; do
+  # Each round starts with another server, and the disk is synced before each server's turn:
+  # no server pays for the writeback of the one before.
+  order=(pullthrough nginx distribution); order=("${order[@]:$((r % 3))}" "${order[@]:0:$((r % 3))}")
+  for name in "${order[@]}"; do
     port=$(port_of $name)
-    echo "load.sh: (c), (d) round $round of $ROUNDS: $name: one client, then $CLIENTS, on cold ${COLD_MIB} MiB blobs" >&2
-    read -r bad total ttfb _ < <(crowd "http://127.0.0.1:$port/v2/bench/cold/blobs/${COLD1[$r]}" 1 $((COLD_MIB << 20)))
-    [ "$bad" = 0 ] || { echo "load.sh: $name: the single client failed" >&2; exit 1; }
-    ONE_T_R[$name]+=" $total"; ONE_TTFB_R[$name]+=" $ttfb"
+    sync
+    echo "load.sh: (c), (d) round $round of $ROUNDS: $name: one client ($SINGLES times), then $CLIENTS, on cold ${COLD_MIB} MiB blobs" >&2
+    for i in $(seq 0 $((SINGLES - 1))); do
+      read -r bad total ttfb _ < <(crowd "http://127.0.0.1:$port/v2/bench/cold/blobs/${COLD1[$((r * SINGLES + i))]}" 1 $((COLD_MIB << 20)))
+      [ "$bad" = 0 ] || { echo "load.sh: $name: the single client failed" >&2; exit 1; }
+      ONE_T_R[$name]+=" $total"; ONE_TTFB_R[$name]+=" $ttfb"
+    done
     before=$(fetches "${COLD50[$r]}")
     read -r bad total ttfb ttfb_max < <(crowd "http://127.0.0.1:$port/v2/bench/cold/blobs/${COLD50[$r]}" $CLIENTS $((COLD_MIB << 20)))
     sleep 1 # a fetch still running is logged when it ends
     CROWD_BAD[$name]=$(( ${CROWD_BAD[$name]:-0} + bad )); CROWD_T_R[$name]+=" $total"; CROWD_TTFB_R[$name]+=" $ttfb"; CROWD_TTFB_MAX_R[$name]+=" $ttfb_max"
     CROWD_F_R[$name]+=" $(( $(fetches "${COLD50[$r]}") - before ))"
     echo "load.sh: (d) round $round of $ROUNDS: $name: $CLIENTS clients on a cold ${HUGE_MIB} MiB blob" >&2
+    sync
     reset_peak $name
     before=$(fetches "${HUGE[$r]}")
     read -r bad total _ _ < <(crowd "http://127.0.0.1:$port/v2/bench/huge/blobs/${HUGE[$r]}" $CLIENTS $((HUGE_MIB << 20)))
@@ -336,7 +346,7 @@ gbps() { awk -v b="$1" 'BEGIN{printf "%.2f", b/1e9}'; }
   echo
   echo "Written by \`benches/load.sh$([ $SMOKE = 1 ] && echo ' --smoke')\` on $(date -u +%Y-%m-%d): $(nproc) cores ($(awk -F': *' '/model name/{print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)."
   echo "All servers on loopback in front of one docker-registry (through an nginx front that counts fetches); clients (wrk, curl) on the same cores."
-  echo "Every case runs ${ROUNDS} rounds, the servers interleaved within each round (A B C A B C ...); each cell is the median of the rounds, the spreads (lowest-highest) are listed below the table. (a), (b): caches warm, ${SECS} s per case. (c), (d): new cold blobs each round; (c) the cold repository paced to ${PACE} bytes/s (nginx limit_rate) per upstream connection after a first-second burst (an internet upstream is slower than the mirror's clients); (d) unpaced; failures are summed over the rounds."
+  echo "Every case runs ${ROUNDS} rounds, the servers interleaved within each round (A B C A B C ...); each cell is the median of the rounds, the spreads (lowest-highest) are listed below the table. (a), (b): caches warm, ${SECS} s per case. (c), (d): new cold blobs each round, each round starting with the next server, the disk synced before each server's turn; (c) the single client on ${SINGLES} cold blobs per round, so its cells are medians of $((ROUNDS * SINGLES)); (c) the cold repository paced to ${PACE} bytes/s (nginx limit_rate) per upstream connection after a first-second burst (an internet upstream is slower than the mirror's clients); (d) unpaced; failures are summed over the rounds."
   echo
   echo "| case | pullthrough | nginx | distribution (proxy) | pullthrough/nginx | pullthrough/distribution |"
   echo "|---|---|---|---|---|---|"
