@@ -335,6 +335,8 @@ HOP_PEER=$(to_ms "$(p50 "${HOP_OTHERS[0]}")")
 for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
 for f in "$WORK/nginx.pid" "$WORK/front.pid"; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
 sleep 1
+# Their caches and the upstream's blobs (tens of GB in a full run) make room for its ~10 GB.
+find "$WORK" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
 rm -f target/BIGCACHE.md
 echo "load.sh: (f) the big cache, $BIG_ENTRIES entries" >&2
 cargo bench --locked --bench bigcache -- --entries "$BIG_ENTRIES" >&2
