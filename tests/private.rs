@@ -22,20 +22,48 @@ fn cache_status(r: &reqwest::Response) -> &str {
         .unwrap_or("")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn private_blob_needs_accepted_credentials() {
+/// A private blob of `data`, filled through a mirror by Alice (a miss with her token), its
+/// repository's publicity probed.
+struct FilledPrivately {
+    hub: Hub,
+    mirror: Mirror,
+    c: reqwest::Client,
+    blob: String,
+    url: String,
+    alice: String,
+}
+
+async fn filled_privately(data: Vec<u8>) -> FilledPrivately {
     let hub = Hub::start().await;
-    let data = noise(1 << 20, 77);
     let blob = hub.add_blob(data);
     let mirror = Mirror::start(&config(&hub));
     let c = common::client(&[], mirror.addr());
     let url = mirror.url(&format!("/v2/{PRIVATE_REPO}/blobs/{blob}"));
-
     let alice = hub::pull_token(&c, &mirror, PRIVATE_REPO, Some((USER, PASSWORD))).await;
     let r = c.get(&url).bearer_auth(&alice).send().await.unwrap();
     assert_eq!((r.status().as_u16(), cache_status(&r)), (200, "miss"));
     assert_eq!(common::sha256(&r.bytes().await.unwrap()), blob);
     hub.wait_for_probe(PRIVATE_REPO).await;
+    FilledPrivately {
+        hub,
+        mirror,
+        c,
+        blob,
+        url,
+        alice,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_blob_needs_accepted_credentials() {
+    let FilledPrivately {
+        hub,
+        mirror,
+        c,
+        blob,
+        url,
+        alice,
+    } = filled_privately(noise(1 << 20, 77)).await;
     let fetched = hub.count(STORAGE);
 
     // No credentials at all: the upstream's 401, as the mirror's challenge.
@@ -71,17 +99,15 @@ async fn private_blob_needs_accepted_credentials() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_reader_costs_one_upstream_check_per_request() {
-    let hub = Hub::start().await;
     // Small enough to be held in memory: the hot path checks the reader before the cache's.
-    let blob = hub.add_blob(noise(64 << 10, 78));
-    let mirror = Mirror::start(&config(&hub));
-    let c = common::client(&[], mirror.addr());
-    let url = mirror.url(&format!("/v2/{PRIVATE_REPO}/blobs/{blob}"));
-    let alice = hub::pull_token(&c, &mirror, PRIVATE_REPO, Some((USER, PASSWORD))).await;
-    let r = c.get(&url).bearer_auth(&alice).send().await.unwrap();
-    assert_eq!((r.status().as_u16(), cache_status(&r)), (200, "miss"));
-    assert_eq!(common::sha256(&r.bytes().await.unwrap()), blob);
-    hub.wait_for_probe(PRIVATE_REPO).await;
+    let FilledPrivately {
+        hub,
+        mirror,
+        c,
+        blob,
+        url,
+        alice,
+    } = filled_privately(noise(64 << 10, 78)).await;
     // Alice reads it from memory (a read during the fill's commit would join the fill).
     let mut status = String::new();
     for _ in 0..50 {
