@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use pingora::cache::storage::MissFinishType;
 use pingora::http::ResponseHeader;
 use sha2::Digest as _;
 
