@@ -6,7 +6,7 @@
 //! - [`redirect`]: which upstream redirects the mirror follows itself.
 //! - [`upstream`]: upstream origins and name resolution.
 //! - [`proxy`]: the Pingora `ProxyHttp` implementation.
-//! - [`server`]: the Pingora server built from a config.
+//! - [`server`]: the Pingora server built from a config; [`stop`]: how it ends.
 //! - [`admin`]: the admin listener: status page, metrics, the operators' API (prefetch,
 //!   cache listing and purge); [`cli`]: the commands that call it.
 
@@ -26,5 +26,6 @@ pub mod redirect;
 pub mod registry;
 pub mod routes;
 pub mod server;
+pub mod stop;
 pub mod tls;
 pub mod upstream;

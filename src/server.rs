@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use log::info;
@@ -23,10 +24,14 @@ use crate::guard::GuardedApp;
 use crate::proxy::express::Express;
 use crate::proxy::realms::RealmBook;
 use crate::proxy::{Mirror, Shared};
+use crate::stop::QuietStop;
 use crate::tls::SniRecorder;
 use crate::upstream::Resolver;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
+
+/// Pingora's grace period when `pingora.grace_period_seconds` is not set (its `EXIT_TIMEOUT`).
+const PINGORA_GRACE_PERIOD: u64 = 300;
 
 /// Why the server cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -72,10 +77,9 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
             handing_over: handing_over.clone(),
         },
     ));
-    server.add_service(background_service(
-        "cache keeper",
-        cache.keeper(handing_over),
-    ));
+    let keeper = cache.keeper(handing_over);
+    server.add_service(background_service("cache keeper", keeper.clone()));
+    let farewells = crate::stop::Farewells::default();
     let connection_limits = limits.connections;
     let peer_listener = cluster_config.as_ref().map(|c| c.node);
     let cluster = cluster_config.map(|c| {
@@ -87,7 +91,10 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
         if let Some(store) = &store {
             server.add_service(background_service(
                 "cluster shared state",
-                crate::cluster::store::Heartbeat(store.clone()),
+                crate::cluster::store::Heartbeat {
+                    store: store.clone(),
+                    farewells: farewells.clone(),
+                },
             ));
         }
         let ring = background_service(
@@ -141,16 +148,30 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }
+    let fills = &shared.cache.storage.stats.fills_in_flight;
     let express = Express::new(shared.clone(), connection_limits);
     let mut proxy = http_proxy(&server.configuration, Mirror::new(shared));
     // HTTP/2 heads get the same size bound (the guard reads HTTP/1 only).
     let mut h2 = default_h2_options();
     h2.max_header_list_size(u32::try_from(connection_limits.request_head_max).unwrap_or(u32::MAX));
     proxy.h2_options = Some(h2);
-    let mut service = pingora::services::listening::Service::new(
-        "pullthrough".into(),
-        GuardedApp::new(proxy, connection_limits).with_express(express),
-    );
+    let app = GuardedApp::new(proxy, connection_limits).with_express(express);
+    server.add_service(background_service(
+        "quiet stop",
+        QuietStop {
+            connections: app.open_connections(),
+            fills,
+            farewells,
+            keeper,
+            grace: Duration::from_secs(
+                server
+                    .configuration
+                    .grace_period_seconds
+                    .unwrap_or(PINGORA_GRACE_PERIOD),
+            ),
+        },
+    ));
+    let mut service = pingora::services::listening::Service::new("pullthrough".into(), app);
     // No L4 read buffer: Pingora's default is 64 KiB per connection, filled by the first
     // bytes a client sends and kept by the allocator after the connection ends (200
     // connections sending large heads held ~13 MiB that way). Request heads are read

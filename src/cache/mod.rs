@@ -198,6 +198,7 @@ impl Cache {
             index_dir: self.index_dir.clone(),
             scan: self.scan.clone(),
             handing_over,
+            saving: Default::default(),
         }
     }
 
@@ -226,13 +227,18 @@ impl Cache {
 
 /// Cache housekeeping beside serving: the reconciling scan after an unclean stop, the
 /// removal of bodies that scan left for a live upgrade peer once `ORPHAN_GRACE` has passed,
-/// and the LRU index saved every `INDEX_SAVE_EVERY` and at shutdown.
+/// and the LRU index saved every `INDEX_SAVE_EVERY`. The save at a stop is the stop's
+/// (`stop::QuietStop`): only once nothing can commit any more does the index hold it all.
+/// Clones share one save at a time.
+#[derive(Clone)]
 pub struct Keeper {
     storage: &'static DiskStorage,
     eviction: &'static Manager<EVICTION_SHARDS>,
     index_dir: PathBuf,
     scan: std::sync::Arc<ScanProgress>,
     handing_over: std::sync::Arc<AtomicBool>,
+    /// Held for each save: two at once would write the same files.
+    saving: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Keeper {
@@ -295,6 +301,7 @@ impl Keeper {
         let Some(dir) = self.index_dir.to_str() else {
             return false;
         };
+        let _one_at_a_time = self.saving.lock().await;
         match self.eviction.save(dir).await {
             Ok(()) => {
                 info!(
@@ -311,8 +318,10 @@ impl Keeper {
     }
 
     /// At a stop: the index, and the mark that lets the next start trust it, unless a new
-    /// process took over (it owns the index now; this one's would miss its entries).
-    async fn save_at_stop(&self) {
+    /// process took over (it owns the index now; this one's would miss its entries). Only
+    /// once nothing commits any more: an entry committed after it would be missing from an
+    /// index the next start trusts.
+    pub async fn save_at_stop(&self) {
         if self.handing_over.load(Ordering::Acquire) {
             info!("cache index left to the process taking over");
             return;
@@ -395,12 +404,10 @@ impl Keeper {
 #[async_trait]
 impl BackgroundService for Keeper {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // At a stop the housekeeping ends; the last save is the stop's (see the type).
         let mut orphans = tokio::select! {
             found = self.settle() => found,
-            _ = shutdown.changed() => {
-                self.save_at_stop().await;
-                return;
-            }
+            _ = shutdown.changed() => return,
         };
         let sweep = tokio::time::sleep(disk::ORPHAN_GRACE);
         tokio::pin!(sweep);
@@ -414,10 +421,7 @@ impl BackgroundService for Keeper {
                     self.sweep_orphans(std::mem::take(&mut orphans)).await;
                 }
                 _ = saves.tick() => { self.save_index().await; }
-                _ = shutdown.changed() => {
-                    self.save_at_stop().await;
-                    return;
-                }
+                _ = shutdown.changed() => return,
             }
         }
     }

@@ -300,13 +300,18 @@ impl Store {
     }
 }
 
-/// Runs a store's heartbeat (a background service).
-pub struct Heartbeat(pub Arc<Store>);
+/// Runs a store's heartbeat (a background service). At a stop the node leaves the shared
+/// set before the process ends (its farewell).
+pub struct Heartbeat {
+    pub store: Arc<Store>,
+    pub farewells: crate::stop::Farewells,
+}
 
 #[async_trait]
 impl BackgroundService for Heartbeat {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let store = &self.0;
+        let store = &self.store;
+        let _leave_before_the_end = self.farewells.expect();
         // Reconnection is the manager's: it retries a lost connection on the next call.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(WAIT))

@@ -112,6 +112,11 @@ impl<A> GuardedApp<A> {
         }
     }
 
+    /// The count of this app's open connections, for whoever must know when none is left.
+    pub fn open_connections(&self) -> Arc<AtomicUsize> {
+        self.open.clone()
+    }
+
     /// Serves HTTP/1 connections through `express`.
     pub fn with_express(mut self, express: Express) -> GuardedApp<A> {
         self.express = Some(express);

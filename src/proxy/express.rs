@@ -36,6 +36,9 @@ use crate::tls::SniName;
 /// How long a kept-alive connection may wait for its next request (Pingora's default).
 const KEEPALIVE: Duration = Duration::from_secs(60);
 
+/// How soon a connection idle between requests notices the process stopping and closes.
+pub const IDLE_CHECK: Duration = Duration::from_secs(1);
+
 /// Headers a request head may have (Pingora's bound).
 const MAX_HEADERS: usize = 256;
 
@@ -173,9 +176,7 @@ impl Express {
         loop {
             // Draining or stopping: Pingora reads the request and answers it with
             // `Connection: close`, so a client never meets a connection closed under a
-            // request it has sent. (A connection idle until then is left to the end of the
-            // grace period, when the runtimes stop: watching the shutdown signal on every
-            // read costs a lock shared by all connections.)
+            // request it has sent.
             if *shutdown.borrow() || self.draining() {
                 return Next::HandOver;
             }
@@ -187,18 +188,44 @@ impl Express {
                 }
             }
             buf.reserve(READ_CHUNK);
-            let waiting = buf.is_empty();
-            let read = async {
-                match idle.filter(|_| waiting) {
-                    Some(limit) => tokio::time::timeout(limit, stream.read_buf(buf))
-                        .await
-                        .unwrap_or(Ok(0)),
-                    None => stream.read_buf(buf).await,
-                }
+            let read = if buf.is_empty() {
+                Self::between_requests(stream, buf, idle, shutdown).await
+            } else {
+                stream.read_buf(buf).await
             };
-            match read.await {
+            match read {
                 Ok(0) | Err(_) => return Next::Closed,
                 Ok(_) => {}
+            }
+        }
+    }
+
+    /// Waits for a request's first bytes, at most `idle` when given; `Ok(0)` when the
+    /// connection should close instead: idle too long, or idle when the process stops
+    /// (`IDLE_CHECK`), as Pingora drops its own idle connections then. Watching the shutdown
+    /// signal itself on every wait would cost a lock all connections share, for a signal
+    /// that comes once.
+    async fn between_requests(
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        idle: Option<Duration>,
+        shutdown: &ShutdownWatch,
+    ) -> std::io::Result<usize> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let mut wait = IDLE_CHECK;
+            if let Some(limit) = idle {
+                match limit.checked_sub(started.elapsed()) {
+                    Some(left) if !left.is_zero() => wait = wait.min(left),
+                    _ => return Ok(0),
+                }
+            }
+            // Cancelling a read that has not completed loses no bytes.
+            if let Ok(read) = tokio::time::timeout(wait, stream.read_buf(buf)).await {
+                return read;
+            }
+            if *shutdown.borrow() {
+                return Ok(0);
             }
         }
     }

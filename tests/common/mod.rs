@@ -57,7 +57,7 @@ impl Mirror {
     }
 
     /// Starts the mirror like `start`, with `pingora` (`key: value, ...`) added to the
-    /// `pingora:` section.
+    /// `pingora:` section (a `grace_period_seconds` there replaces the tests' 1 s).
     pub fn start_tuned(pingora: &str, yaml: &str) -> Mirror {
         let port = free_port();
         Self::launch(
@@ -99,8 +99,13 @@ impl Mirror {
         } else {
             yaml.replacen("cache: {", &format!("cache: {{ dir: \"{d}/cache\","), 1)
         };
+        let grace = if pingora.contains("grace_period_seconds") {
+            ""
+        } else {
+            ", grace_period_seconds: 1"
+        };
         let config = format!(
-            "pingora: {{ threads: 2, pid_file: \"{d}/pid\", upgrade_sock: \"{d}/upgrade.sock\", grace_period_seconds: 1, graceful_shutdown_timeout_seconds: 1{pingora} }}\n\
+            "pingora: {{ threads: 2, pid_file: \"{d}/pid\", upgrade_sock: \"{d}/upgrade.sock\", graceful_shutdown_timeout_seconds: 1{grace}{pingora} }}\n\
              {cache}{yaml}"
         );
         let conf = dir.path().join("pullthrough.yaml");
@@ -155,7 +160,7 @@ impl Mirror {
     /// A new process that takes this one's listeners over (Pingora's `-u` and SIGQUIT, the
     /// documented upgrade): starts it, waits (bounded) until it listens on the upgrade
     /// socket, then sends this process SIGQUIT. This process keeps serving what it has in
-    /// flight and exits after its grace period.
+    /// flight and exits once it is done (or its grace period is over).
     pub fn take_over(&self) -> Mirror {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("mirror.log");
@@ -189,23 +194,36 @@ impl Mirror {
 
     /// Waits (bounded: 30 s) for the process to exit; true when it did.
     pub fn wait_exit(&mut self) -> bool {
-        for _ in 0..600 {
+        self.wait_exit_within(Duration::from_secs(30))
+    }
+
+    /// Waits at most `limit` for the process to exit; true when it did.
+    pub fn wait_exit_within(&mut self, limit: Duration) -> bool {
+        let started = std::time::Instant::now();
+        loop {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return true;
             }
+            if started.elapsed() >= limit {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        false
     }
 
-    /// Stops the process cleanly (SIGTERM: graceful shutdown, the cache's LRU order saved)
-    /// and waits (bounded) for it to exit.
-    pub fn stop(&mut self) {
+    /// Sends the process SIGTERM (a graceful stop) and returns at once.
+    pub fn terminate(&self) {
         let term = Command::new("kill")
             .args(["-s", "TERM", &self.child.id().to_string()])
             .status()
             .expect("kill -TERM");
         assert!(term.success());
+    }
+
+    /// Stops the process cleanly (SIGTERM: graceful shutdown, the cache's LRU order saved)
+    /// and waits (bounded) for it to exit.
+    pub fn stop(&mut self) {
+        self.terminate();
         assert!(self.wait_exit(), "the mirror did not stop on SIGTERM");
     }
 

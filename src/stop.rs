@@ -1,0 +1,104 @@
+//! The end of a graceful stop: SIGTERM, or SIGQUIT once the listeners went to a new process.
+//!
+//! Pingora 0.9.1 then sleeps the whole `grace_period_seconds` (300 by default) before it
+//! stops its runtimes, even with nothing left to serve: an idle mirror took five minutes to
+//! stop, longer than systemd's `TimeoutStopSec`, which then killed it before its index was
+//! saved. `QuietStop` ends the process as soon as it is quiet (no downstream connection
+//! open, no fill in flight, every farewell said), or at `GRACE_USED` of the grace period if
+//! it never is, after the cache's last index save. Nothing can commit after that save, so
+//! the index it leaves holds every committed entry and the next start may trust it.
+//!
+//! Idle keep-alive connections do not hold the stop: Pingora drops its own when the stop
+//! begins, and the express lane closes its own within `proxy::express::IDLE_CHECK`.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use log::info;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::cache::Keeper;
+
+/// How often a stopping process looks whether it is quiet.
+const QUIET_CHECK: Duration = Duration::from_millis(100);
+
+/// The share of the grace period after which the stop ends even if it is not quiet: the
+/// index is saved, and the process exits before Pingora's own end of the grace period
+/// would stop the runtimes under the save.
+const GRACE_USED: f64 = 0.9;
+
+/// Work some service must finish before the process may end (the cluster member leaving the
+/// shared set): each `Farewell` taken is awaited until it is dropped.
+#[derive(Clone, Default)]
+pub struct Farewells(Arc<AtomicUsize>);
+
+/// One awaited farewell; said when dropped.
+pub struct Farewell(Arc<AtomicUsize>);
+
+impl Farewells {
+    /// A farewell the stop waits for (bounded by the grace period).
+    pub fn expect(&self) -> Farewell {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        Farewell(self.0.clone())
+    }
+
+    fn pending(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Farewell {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Ends a graceful stop once the process is quiet (a background service; see the module).
+pub struct QuietStop {
+    /// Open downstream connections (`guard::GuardedApp`).
+    pub connections: Arc<AtomicUsize>,
+    /// Cache fills in flight (`cache::disk::StorageStats`).
+    pub fills: &'static AtomicU64,
+    pub farewells: Farewells,
+    /// Saves the cache's index with its clean mark (unless a new process took over).
+    pub keeper: Keeper,
+    /// `pingora.grace_period_seconds`.
+    pub grace: Duration,
+}
+
+impl QuietStop {
+    fn quiet(&self) -> bool {
+        self.connections.load(Ordering::Acquire) == 0
+            && self.fills.load(Ordering::Acquire) == 0
+            && self.farewells.pending() == 0
+    }
+}
+
+#[async_trait]
+impl BackgroundService for QuietStop {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                return;
+            }
+        }
+        let deadline = Instant::now() + self.grace.mul_f64(GRACE_USED);
+        let why = loop {
+            // The first look comes after a pause: a connection accepted just before the
+            // listeners closed is counted once its task has run.
+            tokio::time::sleep(QUIET_CHECK).await;
+            if self.quiet() {
+                break "no connection open, no fill in flight";
+            }
+            if Instant::now() >= deadline {
+                break "the grace period is over";
+            }
+        };
+        self.keeper.save_at_stop().await;
+        info!("stopped: {why}");
+        std::process::exit(0);
+    }
+}
