@@ -52,5 +52,5 @@ YML
     us=$(awk -v c=$case '$1==c{print $3}' "$W/rounds" | median)
     echo "$bin: manifest by $case: ${us} us CPU per hit, ${rps} req/s (medians of $ROUNDS)"
   done
-  kill -INT "$pid"; wait "$pid" 2>/dev/null || true # fast shutdown: SIGTERM waits out the grace period
+  kill -INT "$pid"; wait "$pid" 2>/dev/null || true # SIGINT: at once, no index save
 done
