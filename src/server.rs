@@ -40,6 +40,8 @@ pub enum BuildError {
     Cache(String, std::io::Error),
     #[error("{0} {1:?} cannot be written, so the daemon (-d) would not start: {2}")]
     DaemonFile(&'static str, String, std::io::Error),
+    #[error("cannot set up the SIGINT handler: {0}")]
+    Signal(std::io::Error),
 }
 
 /// Builds the server; `opt` carries Pingora's command-line flags (`-d`, `-u`, `-t`).
@@ -65,6 +67,7 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
         .map_err(|e| BuildError::Cache(cache_config.dir.display().to_string(), e))?;
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     check_daemon_files(&server.configuration)?;
+    crate::stop::exit_at_once_on_sigint().map_err(BuildError::Signal)?;
     server.bootstrap();
 
     let draining = Arc::new(AtomicBool::new(false));

@@ -213,11 +213,20 @@ impl Mirror {
 
     /// Sends the process SIGTERM (a graceful stop) and returns at once.
     pub fn terminate(&self) {
-        let term = Command::new("kill")
-            .args(["-s", "TERM", &self.child.id().to_string()])
+        self.signal("TERM");
+    }
+
+    /// Sends the process SIGINT (a stop at once) and returns at once.
+    pub fn interrupt(&self) {
+        self.signal("INT");
+    }
+
+    fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
             .status()
-            .expect("kill -TERM");
-        assert!(term.success());
+            .expect("kill");
+        assert!(sent.success(), "kill -s {name}");
     }
 
     /// Stops the process cleanly (SIGTERM: graceful shutdown, the cache's LRU order saved)
