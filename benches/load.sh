@@ -52,7 +52,7 @@ FLOOR_BIN=$PWD/target/release/examples/pingora-floor
 WORK=$(mktemp -d /tmp/pullthrough-bench.XXXXXX)
 PIDS=()
 cleanup() {
-  # SIGINT: Pingora's fast shutdown (SIGTERM would serve out a 300 s grace period).
+  # SIGINT: the servers stop at once (pullthrough exits without saving its index).
   for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
   for f in "$WORK/nginx.pid" "$WORK/front.pid"; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
   [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"
