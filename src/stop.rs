@@ -1,11 +1,12 @@
-//! The end of a graceful stop: SIGTERM, or SIGQUIT once the listeners went to a new process.
+//! How the process ends: a graceful stop (SIGTERM, or SIGQUIT once the listeners went to a
+//! new process) and SIGINT.
 //!
-//! Pingora 0.9.1 then sleeps the whole `grace_period_seconds` (300 by default) before it
+//! After a graceful stop's signal Pingora 0.9.1 sleeps the whole `grace_period_seconds` (300 by default) before it
 //! stops its runtimes, even with nothing left to serve: an idle mirror took five minutes to
 //! stop, longer than systemd's `TimeoutStopSec`, which then killed it before its index was
 //! saved. `QuietStop` ends the process as soon as it is quiet (no downstream connection
-//! open, no fill in flight, every farewell said), or at `GRACE_USED` of the grace period if
-//! it never is, after the cache's last index save. Nothing can commit after that save, so
+//! open, no fill in flight, every farewell said), or `save_margin` before the grace period
+//! ends if it never is, after the cache's last index save. Nothing can commit after that save, so
 //! the index it leaves holds every committed entry and the next start may trust it.
 //!
 //! Idle keep-alive connections do not hold the stop: Pingora drops its own when the stop
@@ -32,10 +33,12 @@ use crate::cache::Keeper;
 /// How often a stopping process looks whether it is quiet.
 const QUIET_CHECK: Duration = Duration::from_millis(100);
 
-/// The share of the grace period after which the stop ends even if it is not quiet: the
-/// index is saved, and the process exits before Pingora's own end of the grace period
-/// would stop the runtimes under the save.
-const GRACE_USED: f64 = 0.9;
+/// How long before the grace period ends a stop that is not quiet ends anyway: time for the
+/// index save (about 2 s at a million entries) before Pingora stops the runtimes, which
+/// would cancel it. A tenth of the grace period, at least 5 s, but never more than half.
+fn save_margin(grace: Duration) -> Duration {
+    (grace / 10).max(Duration::from_secs(5).min(grace / 2))
+}
 
 /// Work some service must finish before the process may end (the cluster member leaving the
 /// shared set): each `Farewell` taken is awaited until it is dropped.
@@ -92,7 +95,7 @@ impl BackgroundService for QuietStop {
                 return;
             }
         }
-        let deadline = Instant::now() + self.grace.mul_f64(GRACE_USED);
+        let deadline = Instant::now() + self.grace - save_margin(self.grace);
         let why = loop {
             // The first look comes after a pause: a connection accepted just before the
             // listeners closed is counted once its task has run.
@@ -120,4 +123,18 @@ pub fn exit_at_once_on_sigint() -> std::io::Result<()> {
         signal_hook_registry::register(libc::SIGINT, || libc::_exit(0))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_save_margin_leaves_the_save_time_before_the_grace_period_ends() {
+        let secs = |s: u64| Duration::from_secs(s);
+        assert_eq!(save_margin(secs(300)), secs(30));
+        assert_eq!(save_margin(secs(30)), secs(5));
+        assert_eq!(save_margin(secs(1)), Duration::from_millis(500));
+        assert_eq!(save_margin(secs(0)), secs(0));
+    }
 }
