@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use log::info;
+use log::{info, warn};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
@@ -33,11 +33,11 @@ use crate::cache::Keeper;
 /// How often a stopping process looks whether it is quiet.
 const QUIET_CHECK: Duration = Duration::from_millis(100);
 
-/// How long before the grace period ends a stop that is not quiet ends anyway: time for the
-/// index save (about 2 s at a million entries) before Pingora stops the runtimes, which
-/// would cancel it. A tenth of the grace period, at least 5 s, but never more than half.
+/// How long before the grace period ends a stop that is not quiet ends anyway: a tenth of
+/// it, for the index save (about 2 s at a million entries) to end before Pingora stops the
+/// runtimes (it runs on its own thread, so a longer one is not cut short either).
 fn save_margin(grace: Duration) -> Duration {
-    (grace / 10).max(Duration::from_secs(5).min(grace / 2))
+    grace / 10
 }
 
 /// Work some service must finish before the process may end (the cluster member leaving the
@@ -107,9 +107,27 @@ impl BackgroundService for QuietStop {
                 break "the grace period is over";
             }
         };
-        self.keeper.save_at_stop().await;
-        info!("stopped: {why}");
-        std::process::exit(0);
+        // The save and the exit on a thread of their own: Pingora stops its runtimes when
+        // the grace period ends, which would cancel a save still running on one of them
+        // and leave the process to that stop (see the module).
+        let keeper = self.keeper.clone();
+        let last = std::thread::Builder::new()
+            .name("quiet stop".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(keeper.save_at_stop()),
+                    Err(e) => warn!("cache index not saved at the stop: {e}"),
+                }
+                info!("stopped: {why}");
+                std::process::exit(0);
+            });
+        if let Err(e) = last {
+            warn!("stopping without the index save: {e}");
+            std::process::exit(0);
+        }
     }
 }
 
@@ -133,8 +151,7 @@ mod tests {
     fn the_save_margin_leaves_the_save_time_before_the_grace_period_ends() {
         let secs = |s: u64| Duration::from_secs(s);
         assert_eq!(save_margin(secs(300)), secs(30));
-        assert_eq!(save_margin(secs(30)), secs(5));
-        assert_eq!(save_margin(secs(1)), Duration::from_millis(500));
+        assert_eq!(save_margin(secs(1)), Duration::from_millis(100));
         assert_eq!(save_margin(secs(0)), secs(0));
     }
 }
