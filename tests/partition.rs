@@ -124,13 +124,7 @@ struct Node {
 impl Node {
     async fn stats(&self) -> serde_json::Value {
         let c = common::client(&[], self.admin);
-        c.get(format!("http://{}/stats", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        common::get_json(&c, format!("http://{}/stats", self.admin)).await
     }
 
     /// Waits (bounded: 15 s) until this node sees `live` live members and Redis `redis_up`.

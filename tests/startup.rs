@@ -41,13 +41,7 @@ async fn stats(c: &reqwest::Client, yaml: &str) -> serde_json::Value {
         .nth(1)
         .and_then(|r| r.split('"').next())
         .unwrap();
-    c.get(format!("http://{admin}/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    common::get_json(c, format!("http://{admin}/stats")).await
 }
 
 /// `/stats` once the start-up work is past `loading` (and `running`, with `until_done`),

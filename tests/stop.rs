@@ -28,13 +28,25 @@ fn config(hub: &Hub, cache: &std::path::Path, admin: u16) -> String {
 }
 
 async fn stats(c: &reqwest::Client, admin: u16) -> serde_json::Value {
-    c.get(format!("http://127.0.0.1:{admin}/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    common::get_json(c, format!("http://127.0.0.1:{admin}/stats")).await
+}
+
+/// The mirror exits within `limit` of its stop, having found itself quiet, and leaves the
+/// mark that lets the next start trust its index.
+fn stopped_quietly(mirror: &mut Mirror, limit: Duration, cache: &std::path::Path, after: &str) {
+    assert!(
+        mirror.wait_exit_within(limit),
+        "the mirror did not stop within {limit:?} of {after}:\n{}",
+        mirror.log()
+    );
+    assert!(
+        mirror
+            .log()
+            .contains("stopped: no connection open, no fill in flight"),
+        "{}",
+        mirror.log()
+    );
+    assert!(cache.join("v1/index/clean").exists());
 }
 
 /// A raw keep-alive connection that has had one answer and now idles.
@@ -78,19 +90,12 @@ async fn an_idle_mirror_stops_at_once_on_sigterm() {
         closed_by_mirror(&mut idle),
         "the idle keep-alive connection was not closed"
     );
-    assert!(
-        mirror.wait_exit_within(Duration::from_secs(10)),
-        "an idle mirror did not stop within 10 s of SIGTERM:\n{}",
-        mirror.log()
+    stopped_quietly(
+        &mut mirror,
+        Duration::from_secs(10),
+        cache.path(),
+        "SIGTERM",
     );
-    assert!(
-        mirror
-            .log()
-            .contains("stopped: no connection open, no fill in flight"),
-        "{}",
-        mirror.log()
-    );
-    assert!(cache.path().join("v1/index/clean").exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -165,19 +170,12 @@ async fn sigterm_serves_the_download_in_flight_then_stops_with_its_entry_indexed
     );
     gate.add_permits(100);
     assert_eq!(download.await.unwrap(), blob, "the download's bytes");
-    assert!(
-        mirror.wait_exit_within(Duration::from_secs(15)),
-        "the mirror did not stop within 15 s of its last download:\n{}",
-        mirror.log()
+    stopped_quietly(
+        &mut mirror,
+        Duration::from_secs(15),
+        cache.path(),
+        "its last download",
     );
-    assert!(
-        mirror
-            .log()
-            .contains("stopped: no connection open, no fill in flight"),
-        "{}",
-        mirror.log()
-    );
-    assert!(cache.path().join("v1/index/clean").exists());
 
     // The next start trusts the index, and the index holds the blob filled during the stop.
     let mirror = Mirror::start(&yaml);

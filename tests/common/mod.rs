@@ -321,6 +321,11 @@ pub async fn get_text(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> String
     c.get(url).send().await.unwrap().text().await.unwrap()
 }
 
+/// A JSON answer (`/stats`, the admin API).
+pub async fn get_json(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
+    c.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// What `X-Cache-Status` said (empty when absent).
 pub fn cache_status(r: &reqwest::Response) -> String {
     r.headers()

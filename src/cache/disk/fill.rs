@@ -3,7 +3,6 @@
 //! refuses a write, handed on to the filling request's own reader.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -275,6 +274,19 @@ impl DiskMiss {
         Ok(())
     }
 
+    /// Counts and logs a body that is not what its digest says: `what` (the fill, or the
+    /// download it became) is `outcome`.
+    fn mismatched(&self, what: &str, outcome: &str, expected: &str, actual: &str) {
+        self.storage
+            .stats
+            .digest_mismatches
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(
+            "{what} {} {outcome}: content is {actual}, expected {expected}",
+            hex::encode(self.bin)
+        );
+    }
+
     fn fail(&mut self) {
         // An abandoned fill's own reader goes on through the hand-off; the others were cut
         // when it was abandoned.
@@ -330,14 +342,7 @@ impl HandleMiss for DiskMiss {
             // what its digest says.
             let checked = self.verifier.take().map(|v| v.check(self.written));
             if let Some(ContentCheck::Mismatch { expected, actual }) = checked {
-                self.storage
-                    .stats
-                    .digest_mismatches
-                    .fetch_add(1, Ordering::Relaxed);
-                warn!(
-                    "uncached download {} cut: content is {actual}, expected {expected}",
-                    hex::encode(self.bin)
-                );
+                self.mismatched("uncached download", "cut", &expected, &actual);
             } else {
                 self.send_handoff(Handoff::End).await?;
             }
@@ -350,14 +355,7 @@ impl HandleMiss for DiskMiss {
             return Error::e_explain(InternalError, "cache fill already failed");
         };
         if let ContentCheck::Mismatch { expected, actual } = verifier.check(self.written) {
-            self.storage
-                .stats
-                .digest_mismatches
-                .fetch_add(1, Ordering::Relaxed);
-            warn!(
-                "cache fill {} rejected: content is {actual}, expected {expected}",
-                hex::encode(self.bin)
-            );
+            self.mismatched("cache fill", "rejected", &expected, &actual);
             self.fail();
             return Error::e_explain(
                 InternalError,
@@ -380,18 +378,10 @@ impl HandleMiss for DiskMiss {
             let dir = storage.dir_for(&hash);
             std::fs::create_dir_all(&dir)?;
             std::fs::rename(&part, storage.body_path(&hash, generation))?;
-            let meta_tmp = storage.tmp.join(format!(
-                "{hash}.{}.{generation:016x}.meta",
-                std::process::id()
-            ));
-            let mut m = File::create(&meta_tmp)?;
-            m.write_all(&sidecar.encode())?;
-            m.sync_data()?;
+            let meta_tmp = storage.staged_sidecar(&hash, &sidecar)?;
             {
                 let _sidecars = storage.lock_sidecars();
-                let previous = std::fs::read(storage.meta_path(&hash))
-                    .ok()
-                    .and_then(|b| Sidecar::decode(&b));
+                let previous = storage.current_sidecar(&hash);
                 std::fs::rename(&meta_tmp, storage.meta_path(&hash))?;
                 if let Some(old) = previous.filter(|p| p.generation != generation) {
                     let _ = std::fs::remove_file(storage.body_path(&hash, old.generation));

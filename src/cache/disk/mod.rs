@@ -271,6 +271,26 @@ impl DiskStorage {
 
     /// Reads a committed entry; a damaged one is deleted (and leaves the LRU) and reported
     /// as absent. Blocking.
+    /// The sidecar in `hash`'s place, when one is there and readable.
+    fn current_sidecar(&self, hash: &str) -> Option<Sidecar> {
+        std::fs::read(self.meta_path(hash))
+            .ok()
+            .and_then(|b| Sidecar::decode(&b))
+    }
+
+    /// `sidecar` written and synced to a new file beside the part files, to be renamed into
+    /// `hash`'s place.
+    fn staged_sidecar(&self, hash: &str, sidecar: &Sidecar) -> std::io::Result<PathBuf> {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .tmp
+            .join(format!("{hash}.{}.{n:016x}.meta", std::process::id()));
+        let mut f = File::create(&tmp)?;
+        f.write_all(&sidecar.encode())?;
+        f.sync_data()?;
+        Ok(tmp)
+    }
+
     fn read_committed(&self, hash: &str) -> Option<(Sidecar, File)> {
         let meta_path = self.meta_path(hash);
         let buf = std::fs::read(&meta_path).ok()?;
@@ -412,9 +432,8 @@ impl DiskStorage {
                 continue;
             };
             let _sidecars = self.lock_sidecars();
-            let named = std::fs::read(self.meta_path(hash))
-                .ok()
-                .and_then(|b| Sidecar::decode(&b))
+            let named = self
+                .current_sidecar(hash)
                 .is_some_and(|s| self.body_path(hash, s.generation) == *body);
             if !named && std::fs::remove_file(body).is_ok() {
                 debug!("removed orphan body {}", body.display());
@@ -618,10 +637,7 @@ impl Storage for DiskStorage {
         let hash = hex::encode(bin);
         let removed = blocking(move || {
             let _sidecars = self.lock_sidecars();
-            let generation = std::fs::read(self.meta_path(&hash))
-                .ok()
-                .and_then(|b| Sidecar::decode(&b))
-                .map(|s| s.generation);
+            let generation = self.current_sidecar(&hash).map(|s| s.generation);
             if only.is_some_and(|id| generation != Some(id)) {
                 return None;
             }
@@ -662,19 +678,10 @@ impl Storage for DiskStorage {
                 return Ok(false);
             };
             sidecar.meta = serialized;
-            let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let tmp = self
-                .tmp
-                .join(format!("{hash}.{}.{n:016x}.meta", std::process::id()));
-            let mut f = File::create(&tmp)?;
-            f.write_all(&sidecar.encode())?;
-            f.sync_data()?;
+            let tmp = self.staged_sidecar(&hash, &sidecar)?;
             let _sidecars = self.lock_sidecars();
             // Only over the generation that was read: a purge or a new commit since wins.
-            let current = std::fs::read(self.meta_path(&hash))
-                .ok()
-                .and_then(|b| Sidecar::decode(&b))
-                .map(|s| s.generation);
+            let current = self.current_sidecar(&hash).map(|s| s.generation);
             if current != Some(sidecar.generation) {
                 let _ = std::fs::remove_file(&tmp);
                 return Ok(false);
