@@ -21,6 +21,7 @@ use crate::admin::AdminApp;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::guard::GuardedApp;
+use crate::placement::Seats;
 use crate::proxy::express::Express;
 use crate::proxy::realms::RealmBook;
 use crate::proxy::{Mirror, Shared};
@@ -145,8 +146,12 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
             server.add_service(background_service("prefetch", warmer));
         }
     }
+    let seats = Arc::new(Seats::new(
+        server.configuration.threads,
+        server.configuration.work_stealing,
+    ));
     if let Some(addr) = admin_listen {
-        let app = AdminApp::new(shared.clone(), prefetcher);
+        let app = AdminApp::new(shared.clone(), prefetcher, seats.clone());
         let mut admin = pingora::services::listening::Service::new("pullthrough admin".into(), app);
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
@@ -158,7 +163,9 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, BuildError> {
     let mut h2 = default_h2_options();
     h2.max_header_list_size(u32::try_from(connection_limits.request_head_max).unwrap_or(u32::MAX));
     proxy.h2_options = Some(h2);
-    let app = GuardedApp::new(proxy, connection_limits).with_express(express);
+    let app = GuardedApp::new(proxy, connection_limits)
+        .with_express(express)
+        .with_seats(seats);
     server.add_service(background_service(
         "quiet stop",
         QuietStop {

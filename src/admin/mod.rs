@@ -21,6 +21,7 @@ use pingora::server::ShutdownWatch;
 use pingora_prometheus::PrometheusHttpApp;
 
 use crate::metrics::METRICS;
+use crate::placement::Seats;
 use crate::proxy::Shared;
 use prefetch::Prefetcher;
 
@@ -34,14 +35,21 @@ pub struct AdminApp {
     started: Instant,
     /// Pulls through the first plain listener; `None` when there is none.
     prefetcher: Option<Arc<Prefetcher>>,
+    /// The proxy's threads and the connections each serves.
+    seats: Arc<Seats>,
 }
 
 impl AdminApp {
-    pub fn new(shared: Arc<Shared>, prefetcher: Option<Arc<Prefetcher>>) -> AdminApp {
+    pub fn new(
+        shared: Arc<Shared>,
+        prefetcher: Option<Arc<Prefetcher>>,
+        seats: Arc<Seats>,
+    ) -> AdminApp {
         AdminApp {
             shared,
             started: Instant::now(),
             prefetcher,
+            seats,
         }
     }
 
@@ -55,6 +63,10 @@ impl AdminApp {
             "pid": std::process::id(),
             "uptime_seconds": self.started.elapsed().as_secs(),
             "draining": self.shared.draining.load(Ordering::Acquire),
+            "connections": {
+                "open": METRICS.connections_open.get(),
+                "by_thread": self.seats.loads(),
+            },
             "bytes_served": {
                 "cache": bytes("cache"),
                 "upstream": bytes("upstream"),

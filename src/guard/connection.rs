@@ -30,6 +30,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::metrics::METRICS;
+use crate::placement::Seats;
 use crate::proxy::express::Express;
 
 /// `limits:` keys that bound connections (all per process).
@@ -98,6 +99,8 @@ pub struct GuardedApp<A> {
     /// When the connection cap was last logged (seconds since `started`): one line a second.
     cap_logged: AtomicU64,
     started: Instant,
+    /// Which thread serves each plain TCP connection (`placement`).
+    seats: Arc<Seats>,
 }
 
 impl<A> GuardedApp<A> {
@@ -109,7 +112,14 @@ impl<A> GuardedApp<A> {
             open: Arc::new(AtomicUsize::new(0)),
             cap_logged: AtomicU64::new(u64::MAX),
             started: Instant::now(),
+            seats: Arc::new(Seats::new(1, false)),
         }
+    }
+
+    /// Seats each plain TCP connection on the thread for its incoming CPU (`placement`).
+    pub fn with_seats(mut self, seats: Arc<Seats>) -> GuardedApp<A> {
+        self.seats = seats;
+        self
     }
 
     /// The count of this app's open connections, for whoever must know when none is left.
@@ -170,18 +180,20 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
             Shutdown::shutdown(&mut *stream).await;
             return None;
         };
-        let stream = crate::placement::serve_here(stream);
-        // HTTP/2 frames its own headers (the h2 crate bounds them); the guard reads HTTP/1.
-        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return self.inner.process_new(stream, shutdown).await;
-        }
-        let stream: Stream = Box::new(HeadGuard::new(stream, &self.limits));
-        let reusable = match &self.express {
-            Some(express) => {
-                express.serve(&self.inner, stream, shutdown).await;
-                None
+        let seating = self.seats.place(&stream).await;
+        let reusable = match seating.elsewhere.clone() {
+            None => self.serve(stream, shutdown).await,
+            Some(thread) => {
+                let app = self.clone();
+                let shutdown = shutdown.clone();
+                let served = async move {
+                    let reusable = app.serve(stream, &shutdown).await;
+                    drop(seating);
+                    reusable
+                };
+                // The seat's thread serves the whole connection; this task only waits.
+                thread.spawn(served).await.unwrap_or(None)
             }
-            None => self.inner.process_new(stream, shutdown).await,
         };
         drop(ticket);
         reusable
@@ -189,6 +201,25 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
 
     async fn cleanup(&self) {
         self.inner.cleanup().await;
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> GuardedApp<A> {
+    /// Serves an admitted connection on the current thread.
+    async fn serve(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let stream = crate::placement::serve_here(stream);
+        // HTTP/2 frames its own headers (the h2 crate bounds them); the guard reads HTTP/1.
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        let stream: Stream = Box::new(HeadGuard::new(stream, &self.limits));
+        match &self.express {
+            Some(express) => {
+                express.serve(&self.inner, stream, shutdown).await;
+                None
+            }
+            None => self.inner.process_new(stream, shutdown).await,
+        }
     }
 }
 
