@@ -830,16 +830,19 @@ async fn the_express_lane_answers_as_pingora_does() {
     assert_eq!(metrics().await, hits, "no hit counted twice, late");
 
     // Pipelined on one connection: two hot GETs, a ranged GET of the layer (the lane
-    // decides, Pingora answers), a HEAD from memory again.
+    // decides, Pingora answers), a HEAD from memory again, and a hot GET with more headers
+    // than the lane parses (Pingora answers it from memory).
     let mut s = tokio::net::TcpStream::connect(mirror.addr()).await.unwrap();
     let req = |method: &str, path: &str, extra: &str| {
         format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {tok}\r\nAccept: {}\r\n{extra}\r\n", common::CLIENT_ACCEPT)
     };
+    let many: String = (0..40).map(|i| format!("X-Extra-{i}: {i}\r\n")).collect();
     let all = [
         req("GET", &paths[0], ""),
         req("GET", &paths[1], ""),
         req("GET", &paths[2], "Range: bytes=10-19\r\n"),
         req("HEAD", &paths[0], ""),
+        req("GET", &paths[0], &many),
     ]
     .concat();
     let lane = express();
@@ -852,7 +855,8 @@ async fn the_express_lane_answers_as_pingora_does() {
     };
     let decided_before = decided();
     s.write_all(all.as_bytes()).await.unwrap();
-    let answers = read_responses(&mut s, &[false, false, false, true]).await;
+    let memory = from_memory();
+    let answers = read_responses(&mut s, &[false, false, false, true, false]).await;
     let statuses: Vec<&str> = answers.iter().map(|a| a.0.as_str()).collect();
     assert_eq!(
         statuses,
@@ -860,6 +864,7 @@ async fn the_express_lane_answers_as_pingora_does() {
             "HTTP/1.1 200 OK",
             "HTTP/1.1 200 OK",
             "HTTP/1.1 206 Partial Content",
+            "HTTP/1.1 200 OK",
             "HTTP/1.1 200 OK"
         ],
         "{}",
@@ -869,7 +874,9 @@ async fn the_express_lane_answers_as_pingora_does() {
     assert_eq!(common::sha256(&answers[1].2), config_blob);
     assert_eq!(answers[2].2, noise(100_000, 22)[10..20]);
     assert!(answers[3].2.is_empty());
+    assert_eq!(answers[4].2, manifest.body);
     assert_eq!(express(), lane + 3, "the lane answered the hot three");
+    assert_eq!(from_memory(), memory + 4, "the many-headed GET from memory too");
     assert_eq!(
         decided(),
         decided_before + 1,
