@@ -3,9 +3,10 @@
 # mode, all on loopback in front of one Debian docker-registry, measured the same way with
 # wrk in the same run. Writes BENCHMARKS.md.
 #
-#   benches/load.sh            full run (every case 3 interleaved rounds, medians and spreads;
-#                              (a), (b) 6 s each; 256 MiB, 100 MiB and 1 GiB blobs; about 25
-#                              minutes)
+#   benches/load.sh            full run (every case in interleaved rounds, medians and
+#                              spreads: (a), (b) 5 rounds of 6 s each, the 4-connection cases
+#                              twice a round; (c), (d) 3 rounds; 256 MiB, 100 MiB and 1 GiB
+#                              blobs; about 35 minutes)
 #                              -> BENCHMARKS.md
 #   benches/load.sh --smoke    2 s per case, blobs of a few MiB -> target/BENCHMARKS-smoke.md
 #                              (CI runs this so the harness cannot rot; it asserts no timings)

@@ -876,7 +876,11 @@ async fn the_express_lane_answers_as_pingora_does() {
     assert!(answers[3].2.is_empty());
     assert_eq!(answers[4].2, manifest.body);
     assert_eq!(express(), lane + 3, "the lane answered the hot three");
-    assert_eq!(from_memory(), memory + 4, "the many-headed GET from memory too");
+    assert_eq!(
+        from_memory(),
+        memory + 4,
+        "the many-headed GET from memory too"
+    );
     assert_eq!(
         decided(),
         decided_before + 1,

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::FutureExt;
 use http::{header, HeaderName, HeaderValue, Method};
 use log::debug;
 use pingora::apps::HttpServerApp;
@@ -26,7 +27,6 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::tls::SslDigest;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
-use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{hot, Arrival, Decision, Mirror, RequestCtx, Shared};
