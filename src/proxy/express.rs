@@ -285,35 +285,34 @@ impl Express {
         tokio::pin!(write);
         // An answer the socket takes at once (nearly all: it fits the send buffer) needs no
         // timer; one that has to wait for the reader is bounded from here on.
-        let error = match (&mut write).now_or_never() {
-            Some(Ok(())) => None,
-            Some(Err(e)) => Some(Error::because(WriteError, "writing a hot answer", e)),
-            None => self.write_bounded(write, deadline).await,
+        let result = match (&mut write).now_or_never() {
+            Some(written) => written.map_err(write_failed),
+            None => finish_within(write, deadline).await,
         };
-        let written = if error.is_none() { sent } else { 0 };
+        let written = if result.is_ok() { sent } else { 0 };
+        let error = result.err();
         self.mirror
             .finished(req, 200, written, error.as_deref(), ctx);
         error.is_none()
     }
+}
 
-    /// The rest of an answer's write, within `deadline` when one is set.
-    async fn write_bounded(
-        &self,
-        write: impl std::future::Future<Output = std::io::Result<()>>,
-        deadline: Option<Duration>,
-    ) -> Option<Box<Error>> {
-        match deadline {
-            Some(limit) => match tokio::time::timeout(limit, write).await {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(Error::because(WriteError, "writing a hot answer", e)),
-                Err(_) => Some(Error::explain(WriteTimedout, "writing a hot answer")),
-            },
-            None => write
-                .await
-                .err()
-                .map(|e| Error::because(WriteError, "writing a hot answer", e)),
-        }
+/// The rest of an answer's write, within `deadline` when one is set.
+async fn finish_within(
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+    deadline: Option<Duration>,
+) -> Result<(), Box<Error>> {
+    let Some(limit) = deadline else {
+        return write.await.map_err(write_failed);
+    };
+    match tokio::time::timeout(limit, write).await {
+        Ok(written) => written.map_err(write_failed),
+        Err(_) => Err(Error::explain(WriteTimedout, "writing a hot answer")),
     }
+}
+
+fn write_failed(e: std::io::Error) -> Box<Error> {
+    Error::because(WriteError, "writing a hot answer", e)
 }
 
 /// The request as Pingora's header type, when the lane may answer it (see the module).
