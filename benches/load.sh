@@ -52,9 +52,15 @@ BIN=$PWD/target/release/pullthrough
 FLOOR_BIN=$PWD/target/release/examples/pingora-floor
 WORK=$(mktemp -d /tmp/pullthrough-bench.XXXXXX)
 PIDS=()
-cleanup() {
-  # SIGINT: the servers stop at once (pullthrough exits without saving its index).
+# SIGINT stops pullthrough at once (no index save); docker-registry drains on SIGINT and
+# never exited (full runs left ten behind), so SIGTERM follows for it.
+stop_all() {
   for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  sleep 0.2
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+}
+cleanup() {
+  stop_all
   for f in "$WORK/nginx.pid" "$WORK/front.pid"; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
   [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"
 }
@@ -275,7 +281,7 @@ done
 # (e) three nodes each: a pullthrough cluster (keep_local off, so a hit through a node that
 # does not own the object crosses a peer hop every time), three independent pullthrough nodes,
 # three distribution proxies. The single servers above are stopped first: two cores.
-kill -INT "$PT_PID" "$DP_PID" "$FL_PID" 2>/dev/null || true; kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+kill -INT "$PT_PID" "$FL_PID" 2>/dev/null || true; kill "$DP_PID" "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
 head -c 32 /dev/urandom | base64 > "$WORK/cluster.secret"
 declare -A TRIO_PORTS
 CL_PEERS=(); CL_ADMIN=()
@@ -345,7 +351,7 @@ HOP_LOCAL=$(to_ms "$(p50 "$HOP_OWNER")")
 HOP_PEER=$(to_ms "$(p50 "${HOP_OTHERS[0]}")")
 
 # (f) the big cache (benches/bigcache.rs), alone on the machine: every server above stops first.
-for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+stop_all
 for f in "$WORK/nginx.pid" "$WORK/front.pid"; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
 sleep 1
 # Their caches and the upstream's blobs (tens of GB in a full run) make room for its ~10 GB.
