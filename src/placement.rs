@@ -145,11 +145,7 @@ impl Seats {
         let Some(cpu) = incoming_cpu(stream) else {
             return Seating::on(current.map(|i| &seats[i]), false);
         };
-        let loads: Vec<usize> = seats
-            .iter()
-            .map(|s| s.open.load(Ordering::Relaxed))
-            .collect();
-        let index = choose_seat(&loads, cpu, self.cpus);
+        let index = choose_seat(&loads_of(seats), cpu, self.cpus);
         Seating::on(Some(&seats[index]), Some(index) != current)
     }
 
@@ -158,14 +154,17 @@ impl Seats {
         self.found
             .get()
             .and_then(|f| f.as_deref())
-            .map(|seats| {
-                seats
-                    .iter()
-                    .map(|s| s.open.load(Ordering::Relaxed))
-                    .collect()
-            })
+            .map(loads_of)
             .unwrap_or_default()
     }
+}
+
+/// Each seat's open connections.
+fn loads_of(seats: &[Seat]) -> Vec<usize> {
+    seats
+        .iter()
+        .map(|s| s.open.load(Ordering::Relaxed))
+        .collect()
 }
 
 /// The seat for a connection arriving on `cpu`, given each seat's open connections and the

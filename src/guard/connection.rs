@@ -180,8 +180,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
             Shutdown::shutdown(&mut *stream).await;
             return None;
         };
-        let seating = self.seats.place(&stream).await;
-        let reusable = match seating.elsewhere.clone() {
+        let mut seating = self.seats.place(&stream).await;
+        let reusable = match seating.elsewhere.take() {
             None => self.serve(stream, shutdown).await,
             Some(thread) => {
                 let app = self.clone();

@@ -269,8 +269,6 @@ impl DiskStorage {
             .join(format!("{hash}.{generation:016x}.body"))
     }
 
-    /// Reads a committed entry; a damaged one is deleted (and leaves the LRU) and reported
-    /// as absent. Blocking.
     /// The sidecar in `hash`'s place, when one is there and readable.
     fn current_sidecar(&self, hash: &str) -> Option<Sidecar> {
         std::fs::read(self.meta_path(hash))
@@ -291,6 +289,8 @@ impl DiskStorage {
         Ok(tmp)
     }
 
+    /// Reads a committed entry; a damaged one is deleted (and leaves the LRU) and reported
+    /// as absent. Blocking.
     fn read_committed(&self, hash: &str) -> Option<(Sidecar, File)> {
         let meta_path = self.meta_path(hash);
         let buf = std::fs::read(&meta_path).ok()?;
