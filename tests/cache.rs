@@ -854,8 +854,8 @@ async fn the_express_lane_answers_as_pingora_does() {
             .count()
     };
     let decided_before = decided();
-    s.write_all(all.as_bytes()).await.unwrap();
     let memory = from_memory();
+    s.write_all(all.as_bytes()).await.unwrap();
     let answers = read_responses(&mut s, &[false, false, false, true, false]).await;
     let statuses: Vec<&str> = answers.iter().map(|a| a.0.as_str()).collect();
     assert_eq!(
